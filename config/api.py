@@ -1,0 +1,71 @@
+"""What every /api/v1/ endpoint shares: one error format and one pagination shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import Http404
+from rest_framework import exceptions, serializers
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+_CODES = {400: "invalid_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+          413: "too_large", 415: "unsupported_media_type", 429: "rate_limited"}
+
+
+class APIError(exceptions.APIException):
+    """A domain error mapped to an HTTP status by the edge: `raise APIError(413, "too_large", "…")`."""
+
+    def __init__(self, status_code: int, code: str, message: str, headers: dict[str, str] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        super().__init__(detail=message, code=code)
+        self.status_code = status_code
+        self.error_code = code
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    """Every API error body is `{"error": {"code", "message", ...}}`."""
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound("Not found.")
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, APIError):
+        body: dict[str, Any] = {"code": exc.error_code, "message": str(exc.detail), **exc.extra}
+        for name, value in exc.headers.items():
+            response[name] = value
+    elif isinstance(exc, exceptions.ValidationError):
+        body = {"code": "invalid_request", "message": _first_message(exc.detail), "fields": exc.detail}
+    else:
+        detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
+        body = {"code": _CODES.get(response.status_code, "error"), "message": str(detail)}
+    if isinstance(exc, exceptions.Throttled) and exc.wait:
+        body["retry_after"] = int(exc.wait)
+    response.data = {"error": body}
+    return response
+
+
+def _first_message(detail: Any) -> str:
+    if isinstance(detail, dict):
+        for field, value in detail.items():
+            message = _first_message(value)
+            return message if field == "non_field_errors" else f"{field}: {message}"
+    if isinstance(detail, list) and detail:
+        return _first_message(detail[0])
+    return str(detail)
+
+
+class Pagination(PageNumberPagination):
+    page_size = 20
+    page_size_query_param = "page_size"
+    max_page_size = 100
+
+
+def paginate(request: Request, queryset, serializer_class: type[serializers.Serializer], *, view=None) -> Response:
+    paginator = Pagination()
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(serializer_class(page, many=True).data)

