@@ -109,6 +109,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "config.context_processors.navigation",
             ],
         },
     },
@@ -255,6 +256,36 @@ LLM_CONCURRENCY = env_int("LLM_CONCURRENCY", 200)
 MAX_UPLOAD_MB = env_int("MAX_UPLOAD_MB", 50)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+
+# ---- documents (owned by documents/) ----
+EMBEDDING_BACKEND = env("EMBEDDING_BACKEND", "local")  # local | openai
+EMBEDDING_MODEL = env("EMBEDDING_MODEL", "all-MiniLM-L6-v2" if EMBEDDING_BACKEND == "local" else "text-embedding-3-small")
+EMBEDDING_DIMENSIONS = env_int("EMBEDDING_DIMENSIONS", 384 if EMBEDDING_BACKEND == "local" else 1536)
+EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 64)
+EMBEDDING_CACHE_DIR = Path(env("EMBEDDING_CACHE_DIR", str(DATA_DIR / "models")))
+CHUNK_TOKENS = env_int("CHUNK_TOKENS", 200 if EMBEDDING_BACKEND == "local" else 400)
+CHUNK_OVERLAP_TOKENS = env_int("CHUNK_OVERLAP_TOKENS", CHUNK_TOKENS * 15 // 100)
+INGEST_MAX_PAGES = env_int("INGEST_MAX_PAGES", 2000)
+INGEST_STUCK_AFTER_SECONDS = env_int("INGEST_STUCK_AFTER_SECONDS", 15 * 60)
+INGEST_MAX_ATTEMPTS = env_int("INGEST_MAX_ATTEMPTS", 3)
+SEARCH_DEFAULT_K = 8
+SEARCH_MAX_K = 50
+# ---- end documents ----
+
+# ---- chat (owned by chat/) ----
+OPENAI_API_KEY = env("OPENAI_API_KEY")
+OPENAI_BASE_URL = env("OPENAI_BASE_URL")
+OPENAI_TIMEOUT_SECONDS = float(env("OPENAI_TIMEOUT_SECONDS", "60"))
+OPENAI_MAX_RETRIES = env_int("OPENAI_MAX_RETRIES", 2)
+# The extractive provider answers offline from retrieved sentences; it is the default until an LLM is configured.
+LLM_PROVIDER = env("LLM_PROVIDER", "openai" if (OPENAI_API_KEY or OPENAI_BASE_URL) else "extractive")
+LLM_MODEL = env("LLM_MODEL", "gpt-4o-mini" if LLM_PROVIDER == "openai" else "extractive")
+# ---- end chat ----
+
+# ---- billing (owned by billing/) ----
+STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY")
+STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET")
+# ---- end billing ----
 
 LOGGING = {
     "version": 1,

@@ -8,6 +8,9 @@ from config import views
 api_v1 = [
     path("keys/", accounts_api.APIKeyListCreateApi.as_view(), name="api_keys_list"),
     path("keys/<int:key_id>/", accounts_api.APIKeyRevokeApi.as_view(), name="api_key_detail"),
+    path("", include("documents.api_urls")),
+    path("", include("chat.api_urls")),
+    path("", include("billing.api_urls")),
 ]
 
 urlpatterns = [
@@ -15,6 +18,9 @@ urlpatterns = [
     path("dashboard/", views.dashboard, name="dashboard"),
     path("healthz", views.healthz, name="healthz"),
     path("accounts/", include("accounts.urls")),
+    path("documents/", include("documents.urls")),
+    path("chat/", include("chat.urls")),
+    path("billing/", include("billing.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),

@@ -582,6 +582,9 @@ class FakeOpenAI:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._thread_error: list[BaseException] = []
+        # Only touched on the server's event loop.
+        self._open_work: dict[asyncio.Task[None], RecordedRequest] = {}
+        self._aborted_work: set[asyncio.Task[None]] = set()
 
     @property
     def port(self) -> int:
@@ -670,6 +673,15 @@ class FakeOpenAI:
         uvicorn_error = logging.getLogger("uvicorn.error")
         if _DROP_FILTER not in uvicorn_error.filters:
             uvicorn_error.addFilter(_DROP_FILTER)
+        fake = self
+
+        class Server(uvicorn.Server):
+            async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+                # Ending open requests ourselves (503 or a cut connection) replaces uvicorn's cancellation of
+                # them, which would log a traceback per open stream.
+                fake._abort_open_work()
+                await super().shutdown(sockets=sockets)
+
         config = uvicorn.Config(
             self,
             lifespan="off",
@@ -679,7 +691,7 @@ class FakeOpenAI:
             backlog=4096,
             timeout_graceful_shutdown=1,
         )
-        return uvicorn.Server(config)
+        return Server(config)
 
     def start(self, *, timeout: float = 10.0) -> FakeOpenAI:
         """Serve on a background thread; returns once the socket accepts connections."""
@@ -867,9 +879,17 @@ class FakeOpenAI:
                 scenario = scenario.updated(parse_knob_spec(spec))
         return scenario
 
-    async def _run_watched(self, record: RecordedRequest, receive: Receive, work: Coroutine[Any, Any, None]) -> None:
+    def _abort_open_work(self) -> None:
+        for task in self._open_work:
+            self._aborted_work.add(task)
+            task.cancel()
+
+    async def _run_watched(
+        self, record: RecordedRequest, receive: Receive, send: Send, work: Coroutine[Any, Any, None]
+    ) -> None:
         """Run `work`, cancelling it as soon as the client disconnects."""
         task = asyncio.ensure_future(work)
+        self._open_work[task] = record
 
         async def watch() -> None:
             while True:
@@ -889,10 +909,20 @@ class FakeOpenAI:
             await task
         except asyncio.CancelledError:
             current = asyncio.current_task()
-            if record.disconnected_at is None or (current is not None and current.cancelling()):
+            if current is not None and current.cancelling():
                 record.outcome = ABORTED
                 raise
-            record.outcome = CANCELLED
+            if record.disconnected_at is not None:
+                record.outcome = CANCELLED
+            elif task in self._aborted_work:
+                if record.status is None:
+                    await self._send_error(send, record, 503, message="The fake OpenAI server is shutting down.")
+                elif current is not None:
+                    _INTENTIONAL_DROPS.add(current)
+                record.outcome = ABORTED
+            else:
+                record.outcome = ABORTED
+                raise
         except _DropConnection:
             record.outcome = DROPPED
             current = asyncio.current_task()
@@ -900,6 +930,8 @@ class FakeOpenAI:
                 _INTENTIONAL_DROPS.add(current)
         finally:
             watcher.cancel()
+            self._open_work.pop(task, None)
+            self._aborted_work.discard(task)
             if record.stream:
                 with self._lock:
                     self._active_streams -= 1
@@ -933,7 +965,7 @@ class FakeOpenAI:
     ) -> None:
         extra: list[tuple[bytes, bytes]] = []
         if retry_after is not None and status in (429, 503):
-            (extra.append if False else print)((b"retry-after", f"{retry_after:g}".encode()))
+            extra.append((b"retry-after", f"{retry_after:g}".encode()))
         record.outcome = ERROR
         record.error = message or _error_body(status)["error"]["message"]
         await self._send_json(send, status, _error_body(status, message, code), record=record, extra_headers=extra)
@@ -978,7 +1010,7 @@ class FakeOpenAI:
             work = self._stream_chat(send, record, scenario, pieces, finish_reason, include_usage)
         else:
             work = self._complete_chat(send, record, scenario, pieces, finish_reason)
-        await self._run_watched(record, receive, work)
+        await self._run_watched(record, receive, send, work)
 
     async def _complete_chat(
         self, send: Send, record: RecordedRequest, scenario: Scenario, pieces: list[str], finish_reason: str
@@ -1125,7 +1157,7 @@ class FakeOpenAI:
             payload = {"object": "list", "data": data, "model": model, "usage": usage}
             await self._send_json(send, 200, payload, record=record)
 
-        await self._run_watched(record, receive, respond())
+        await self._run_watched(record, receive, send, respond())
 
     def _model_object(self, model_id: str) -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": 1700000000, "owned_by": "docent-fake"}
