@@ -62,6 +62,7 @@ import hashlib
 import http
 import json
 import logging
+import math
 import re
 import socket
 import threading
@@ -268,8 +269,8 @@ def _parse_number(kind: type, value: Any) -> float | int:
     if kind is int and isinstance(value, float) and not value.is_integer():
         raise ValueError(f"not an integer: {value!r}")
     number = kind(value)
-    if number < 0:
-        raise ValueError(f"must not be negative: {value!r}")
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"must be a finite, non-negative number: {value!r}")
     return number
 
 
@@ -321,7 +322,10 @@ def parse_knob_spec(spec: str) -> dict[str, Any]:
             raise KnobError(f"cannot parse fake knobs {spec!r} at offset {position}")
         name, raw = match.group(1), match.group(2)
         if raw.startswith('"'):
-            value: Any = json.loads(raw)
+            try:
+                value: Any = json.loads(raw)
+            except ValueError as exc:
+                raise KnobError(f"fake knob {name}={raw}: {exc}") from exc
         elif raw.lower() in ("none", "null"):
             value = None
         else:
@@ -521,8 +525,12 @@ _DROP_FILTER = _QuietIntentionalDrops()
 
 
 async def _sleep_until(deadline: float) -> None:
-    # Sleeping to absolute deadlines keeps the token rate exact instead of accumulating per-sleep overhead.
+    # Sleeping to absolute deadlines keeps the token rate exact instead of accumulating per-sleep overhead. The
+    # loop re-checks because uvloop rounds timers to whole milliseconds and may wake a little early, and tests
+    # assert that latencies are never shorter than configured.
     await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+    while (remaining := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(remaining)
 
 
 async def _read_body(receive: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> bytes | None:

@@ -227,7 +227,7 @@ def test_first_token_latency_and_token_delay_are_honoured(client: OpenAI, llm: F
 
     assert len(arrivals) == 6
     assert arrivals[0] >= 0.3
-    assert arrivals[-1] - arrivals[0] >= 5 * 0.04 - 0.005  # timer granularity on the server side
+    assert arrivals[-1] >= 0.3 + 5 * 0.04  # delta i is due first_token_ms + i * token_ms after arrival
 
 
 def test_client_closing_the_stream_is_recorded_as_cancelled(client: OpenAI, llm: FakeOpenAI) -> None:

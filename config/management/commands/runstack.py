@@ -39,7 +39,9 @@ class Command(BaseCommand):
             "web": [python, "-m", "uvicorn", "config.asgi:application", "--host", host, "--port", str(port),
                     "--no-access-log" if not settings.DEBUG else "--access-log", "--timeout-graceful-shutdown", "5"],
             "ingest": [*celery, "-Q", "ingest", "-P", "prefork", "-c", str(settings.INGEST_CONCURRENCY),
-                       "-n", "ingest@%h", "--prefetch-multiplier", "1", "--max-tasks-per-child", "50"],
+                       "-n", "ingest@%h", "--prefetch-multiplier", "1", "--max-tasks-per-child", "50",
+                       # beat runs the periodic sweeps (stuck documents); docker-compose runs it as its own service
+                       "-B", "-s", str(settings.DATA_DIR / "celerybeat-schedule")],
             "llm": [*celery, "-Q", "llm", "-P", "threads", "-c", str(settings.LLM_CONCURRENCY),
                     "-n", "llm@%h", "--prefetch-multiplier", "1"],
         }
