@@ -85,14 +85,15 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "django_ratelimit.middleware.RatelimitMiddleware",
+    "config.middleware.RatelimitMiddleware",
+    "config.middleware.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -200,14 +201,14 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
-        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        "BACKEND": "servestatic.storage.CompressedManifestStaticFilesStorage"
         if PRODUCTION
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
 # Serve static files straight from the apps in development, so no collectstatic step is needed.
-WHITENOISE_USE_FINDERS = not PRODUCTION
-WHITENOISE_AUTOREFRESH = DEBUG
+SERVESTATIC_USE_FINDERS = not PRODUCTION
+SERVESTATIC_AUTOREFRESH = DEBUG
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -270,21 +271,71 @@ INGEST_STUCK_AFTER_SECONDS = env_int("INGEST_STUCK_AFTER_SECONDS", 15 * 60)
 INGEST_MAX_ATTEMPTS = env_int("INGEST_MAX_ATTEMPTS", 3)
 SEARCH_DEFAULT_K = 8
 SEARCH_MAX_K = 50
+# Chunks written per COPY transaction; each batch is also a progress step.
+INGEST_STORE_BATCH = env_int("INGEST_STORE_BATCH", 256)
+INGEST_RETRY_BACKOFF_SECONDS = env_int("INGEST_RETRY_BACKOFF_SECONDS", 30)
+INGEST_SWEEP_EVERY_SECONDS = env_int("INGEST_SWEEP_EVERY_SECONDS", 60)
+# Progress is saved and pushed when it moved this many points, or this long after the last push.
+INGEST_PROGRESS_STEP = 2
+INGEST_PROGRESS_SECONDS = 0.5
+# Per-list candidates fused by RRF, and the HNSW knobs for filtered (per-owner) scans.
+SEARCH_CANDIDATES = env_int("SEARCH_CANDIDATES", 50)
+SEARCH_RRF_K = 60
+SEARCH_EF_SEARCH = env_int("SEARCH_EF_SEARCH", 100)
+SEARCH_MAX_SCAN_TUPLES = env_int("SEARCH_MAX_SCAN_TUPLES", 20_000)
+# Owners with at most this many searchable chunks are scanned exactly through the owner btree (a few ms);
+# bigger ones go through HNSW with an iterative scan.
+SEARCH_EXACT_MAX_CHUNKS = env_int("SEARCH_EXACT_MAX_CHUNKS", 5_000)
+CELERY_BEAT_SCHEDULE = {
+    "documents-requeue-stuck": {
+        "task": "documents.tasks.requeue_stuck_documents",
+        "schedule": float(INGEST_SWEEP_EVERY_SECONDS),
+    },
+}
 # ---- end documents ----
 
 # ---- chat (owned by chat/) ----
 OPENAI_API_KEY = env("OPENAI_API_KEY")
 OPENAI_BASE_URL = env("OPENAI_BASE_URL")
 OPENAI_TIMEOUT_SECONDS = float(env("OPENAI_TIMEOUT_SECONDS", "60"))
+OPENAI_CONNECT_TIMEOUT_SECONDS = float(env("OPENAI_CONNECT_TIMEOUT_SECONDS", "5"))
+# Retries happen only before the first token (429, 5xx, connection errors); after it a retry would repeat text.
 OPENAI_MAX_RETRIES = env_int("OPENAI_MAX_RETRIES", 2)
+OPENAI_RETRY_BACKOFF_SECONDS = float(env("OPENAI_RETRY_BACKOFF_SECONDS", "0.5"))
+OPENAI_RETRY_MAX_WAIT_SECONDS = float(env("OPENAI_RETRY_MAX_WAIT_SECONDS", "8"))
 # The extractive provider answers offline from retrieved sentences; it is the default until an LLM is configured.
 LLM_PROVIDER = env("LLM_PROVIDER", "openai" if (OPENAI_API_KEY or OPENAI_BASE_URL) else "extractive")
 LLM_MODEL = env("LLM_MODEL", "gpt-4o-mini" if LLM_PROVIDER == "openai" else "extractive")
+# Answer length: 0 takes the model's default_max_tokens from billing's ModelPrice table.
+CHAT_MAX_TOKENS = env_int("CHAT_MAX_TOKENS", 0)
+# Prompt size cap whatever the model's window (the reservation charged up front grows with it).
+CHAT_MAX_PROMPT_TOKENS = env_int("CHAT_MAX_PROMPT_TOKENS", 8000)
+CHAT_CONTEXT_TOKENS = env_int("CHAT_CONTEXT_TOKENS", 3000)
+CHAT_RETRIEVAL_K = env_int("CHAT_RETRIEVAL_K", 8)
+CHAT_MAX_QUESTION_CHARS = env_int("CHAT_MAX_QUESTION_CHARS", 8000)
+# Events of one answer stay in Redis this long after it ends, for late and reconnecting clients.
+CHAT_STREAM_TTL_SECONDS = env_int("CHAT_STREAM_TTL_SECONDS", 900)
+CHAT_SSE_HEARTBEAT_SECONDS = float(env("CHAT_SSE_HEARTBEAT_SECONDS", "15"))
+# How often a long stream renews its concurrency slot with billing (the slot lapses after 120 s without).
+CHAT_SLOT_HEARTBEAT_SECONDS = float(env("CHAT_SLOT_HEARTBEAT_SECONDS", "30"))
+CHAT_CANCEL_POLL_SECONDS = float(env("CHAT_CANCEL_POLL_SECONDS", "0.2"))
+# Threads (each with its own DB connection) doing an llm worker's database work and retrieval.
+CHAT_WORKER_DB_THREADS = env_int("CHAT_WORKER_DB_THREADS", 4)
 # ---- end chat ----
 
 # ---- billing (owned by billing/) ----
 STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET")
+# A Stripe-compatible API base (e.g. stripe-mock at http://localhost:12111); empty = api.stripe.com.
+STRIPE_API_BASE = env("STRIPE_API_BASE")
+# Signed webhooks older than this are refused as replays.
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = env_int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)
+BILLING_LIMITER_KEY_PREFIX = env("BILLING_LIMITER_KEY_PREFIX", "docent:lim:")
+# Length of the requests-per-minute and tokens-per-minute windows.
+BILLING_RATE_WINDOW_SECONDS = float(env("BILLING_RATE_WINDOW_SECONDS", "60"))
+# A stream that neither finishes nor heartbeats for this long (a killed worker) loses its concurrency slot.
+BILLING_SLOT_TTL_SECONDS = float(env("BILLING_SLOT_TTL_SECONDS", "120"))
+BILLING_QUOTA_WARNING_PERCENT = env_int("BILLING_QUOTA_WARNING_PERCENT", 80)
 # ---- end billing ----
 
 LOGGING = {
