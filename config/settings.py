@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -136,17 +135,13 @@ DATABASES["default"]["HOST"] = DATABASES["default"]["OPTIONS"].pop("host", DATAB
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
-def _redis_url_with_db(url: str, db: int) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
-
-
 REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
 if TESTING:
-    # Tests share the developer's Redis server but never their data: a separate logical database.
-    # Each pytest-xdist worker gets its own database too, so their Celery queues stay apart.
-    _xdist_index = int(env("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-    REDIS_URL = _redis_url_with_db(REDIS_URL, env_int("TEST_REDIS_DB", 9) + _xdist_index)
+    # Tests share the developer's Redis server but never their data, nor another test session's.
+    from config.test_isolation import test_database_name, test_redis_url
+
+    REDIS_URL = test_redis_url(REDIS_URL)
+    DATABASES["default"]["TEST"] = {"NAME": test_database_name(DATABASES["default"]["NAME"], REDIS_URL)}
 
 CACHES = {
     "default": {
@@ -260,7 +255,9 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 
 # ---- documents (owned by documents/) ----
 EMBEDDING_BACKEND = env("EMBEDDING_BACKEND", "local")  # local | openai
-EMBEDDING_MODEL = env("EMBEDDING_MODEL", "all-MiniLM-L6-v2" if EMBEDDING_BACKEND == "local" else "text-embedding-3-small")
+EMBEDDING_MODEL = env(
+    "EMBEDDING_MODEL", "all-MiniLM-L6-v2" if EMBEDDING_BACKEND == "local" else "text-embedding-3-small"
+)
 EMBEDDING_DIMENSIONS = env_int("EMBEDDING_DIMENSIONS", 384 if EMBEDDING_BACKEND == "local" else 1536)
 EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 64)
 EMBEDDING_CACHE_DIR = Path(env("EMBEDDING_CACHE_DIR", str(DATA_DIR / "models")))

@@ -30,6 +30,7 @@ def test_development_defaults(settings):
 
 def test_tests_use_their_own_redis_database(settings):
     assert not settings.REDIS_URL.endswith("/0")
+    assert settings.DATABASES["default"]["TEST"]["NAME"].startswith("test_docent_r")
 
 
 @pytest.mark.parametrize(
