@@ -138,10 +138,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
 if TESTING:
     # Tests share the developer's Redis server but never their data, nor another test session's.
-    from config.test_isolation import test_database_name, test_redis_url
+    from config.isolation import database_name_for_tests, redis_url_for_tests
 
-    REDIS_URL = test_redis_url(REDIS_URL)
-    DATABASES["default"]["TEST"] = {"NAME": test_database_name(DATABASES["default"]["NAME"], REDIS_URL)}
+    REDIS_URL = redis_url_for_tests(REDIS_URL)
+    DATABASES["default"]["TEST"] = {"NAME": database_name_for_tests(DATABASES["default"]["NAME"], REDIS_URL)}
 
 CACHES = {
     "default": {

@@ -61,10 +61,10 @@ def claim_test_redis_db(redis_url: str) -> int:
     return claimed
 
 
-def test_redis_url(redis_url: str) -> str:
+def redis_url_for_tests(redis_url: str) -> str:
     return _with_db(redis_url, claim_test_redis_db(redis_url))
 
 
-def test_database_name(base_name: str, redis_url: str) -> str:
+def database_name_for_tests(base_name: str, redis_url: str) -> str:
     # pytest-django appends the xdist worker id itself.
     return f"test_{base_name}_r{urlsplit(redis_url).path.strip('/')}"
