@@ -42,18 +42,40 @@ def redis_client() -> Iterator[redis_lib.Redis]:
 @pytest.fixture(scope="session")
 def celery_workers(django_db_setup, django_db_blocker) -> Iterator[dict]:
     """One worker per queue, as in production: `ingest` (solo here; prefork needs its own process) and `llm`
-    (threads). Tests that use them need `transactional_db` so that the workers see committed rows."""
-    from celery.contrib.testing.worker import start_worker
+    (threads). Tests that use them need `transactional_db` so that the workers see committed rows.
+
+    Celery's `start_worker` helper is not used: stopping one of two such workers resets the process-wide
+    termination flag while the other may not have seen it yet, and that worker then never stops.
+    """
+    from celery.contrib.testing.worker import TestWorkController, setup_app_for_worker
+    from celery.result import _set_task_join_will_block
+    from celery.worker import state
 
     from config.celery import app
 
-    common = {"perform_ping_check": False, "loglevel": "WARNING", "shutdown_timeout": 30}
-    with (
-        django_db_blocker.unblock(),
-        start_worker(app, pool="solo", concurrency=1, queues=["ingest"], hostname="ingest@test", **common) as ingest,
-        start_worker(app, pool="threads", concurrency=8, queues=["llm"], hostname="llm@test", **common) as llm,
-    ):
-        yield {"ingest": ingest, "llm": llm}
+    setup_app_for_worker(app, "WARNING", None)
+    specs = {"ingest": ("solo", 1), "llm": ("threads", 8)}
+    workers, threads = {}, []
+    with django_db_blocker.unblock():
+        for queue, (pool, concurrency) in specs.items():
+            worker = TestWorkController(
+                app=app, concurrency=concurrency, hostname=f"{queue}@test", pool=pool, queues=[queue],
+                loglevel="WARNING", logfile=None, ready_callback=None, without_heartbeat=True, without_mingle=True,
+                without_gossip=True,
+            )
+            thread = threading.Thread(target=worker.start, name=f"celery-{queue}", daemon=True)
+            thread.start()
+            worker.ensure_started()
+            workers[queue] = worker
+            threads.append(thread)
+        _set_task_join_will_block(False)
+        yield workers
+        state.should_terminate = 0
+        for thread in threads:
+            thread.join(30)
+        state.should_terminate = None
+        stuck = [thread.name for thread in threads if thread.is_alive()]
+        assert not stuck, f"Celery worker threads did not stop: {stuck}"
 
 
 def _free_port() -> int:
