@@ -105,3 +105,47 @@ def asgi_server(django_db_setup, django_db_blocker) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
         server.should_exit = True
         thread.join(10)
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator:
+    """Debian's Chromium driven by Playwright. Never `playwright install`: it downloads a browser build."""
+    import shutil
+    from pathlib import Path
+
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(executable).exists():
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); skipping browser tests")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, asgi_server) -> Iterator:
+    context = browser.new_context(base_url=asgi_server, viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    console_errors: list[str] = []
+    page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+    page.console_errors = console_errors
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def screenshot():
+    """Saves a full-page screenshot under var/screenshots/ (DATA_DIR)."""
+
+    def save(page, name: str) -> None:
+        target = settings.DATA_DIR / "screenshots"
+        target.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(target / f"{name}.png"), full_page=True)
+
+    return save

@@ -51,10 +51,13 @@ class LoginView(auth_views.LoginView):
 @login_required
 def api_keys(request: HttpRequest) -> HttpResponse:
     form = APIKeyCreateForm(request.POST or None)
-    new_key = None
     if request.method == "POST" and form.is_valid():
-        _, new_key = api_key_create(user=request.user, name=form.cleaned_data["name"])
-        form = APIKeyCreateForm()
+        _, raw_key = api_key_create(user=request.user, name=form.cleaned_data["name"])
+        # Post/redirect/get: the key rides in the session for exactly one page view, so a reload neither shows it
+        # again nor creates a second key.
+        request.session["new_api_key"] = raw_key
+        return redirect("api_keys")
+    new_key = request.session.pop("new_api_key", None)
     return render(
         request, "accounts/api_keys.html", {"form": form, "keys": api_key_list(user=request.user), "new_key": new_key}
     )

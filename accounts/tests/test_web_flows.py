@@ -94,7 +94,7 @@ def test_login_brute_force_is_answered_with_429(client, settings):
 def test_web_api_key_page_shows_a_new_key_once_and_revokes(client):
     user = UserFactory()
     client.force_login(user)
-    response = client.post(reverse("api_keys"), {"name": "laptop"})
+    response = client.post(reverse("api_keys"), {"name": "laptop"}, follow=True)
     raw_key = re.search(r'data-testid="new-key">([^<]+)<', response.content.decode()).group(1)
     assert raw_key.startswith("dk_")
     listing = client.get(reverse("api_keys")).content.decode()
