@@ -11,6 +11,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from billing.exceptions import BillingError
+from billing.http import limit_exceeded_response_parts
+from billing.limiter import LimitExceeded
+
 _CODES = {400: "invalid_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           413: "too_large", 415: "unsupported_media_type", 429: "rate_limited"}
 
@@ -29,6 +33,11 @@ class APIError(exceptions.APIException):
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     """Every API error body is `{"error": {"code", "message", ...}}`."""
+    if isinstance(exc, LimitExceeded):
+        status, headers, body = limit_exceeded_response_parts(exc)
+        return Response(body, status=status, headers=headers)
+    if isinstance(exc, BillingError):  # upload limits (413/403), models not in the plan (403), ...
+        exc = APIError(exc.status_code, exc.code, exc.message)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound("Not found.")
     response = drf_exception_handler(exc, context)

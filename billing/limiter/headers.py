@@ -1,11 +1,15 @@
-"""`RateLimit` and `RateLimit-Policy` response fields as in draft-ietf-httpapi-ratelimit-headers-11 (May 2026).
+"""`RateLimit` and `RateLimit-Policy` response fields, as in draft-ietf-httpapi-ratelimit-headers-11
+(May 2026).
 
 Both fields are Structured Field Lists whose members are sf-strings naming a policy, with parameters:
 policy `q` (quota), `qu` (quota unit, default "requests"), `w` (window, integer seconds); current state `r`
 (remaining quota) and `t` (seconds until quota frees up). Example for one user::
 
-    RateLimit-Policy: "rpm";q=60;w=60, "tpm";q=40000;qu="tokens";w=60, "concurrency";q=4;qu="concurrent-requests"
+    RateLimit-Policy: "rpm";q=60;w=60, "tpm";q=40000;qu="tokens";w=60,
+                      "concurrency";q=4;qu="concurrent-requests"
     RateLimit: "rpm";r=59;t=60, "tpm";r=38000;t=60, "concurrency";r=3
+
+(shown on two lines here; it is one field value)
 
 "tokens" is not one of the draft's three registered units (requests, content-bytes, concurrent-requests); the
 draft leaves the registry open ("Specification Required") and leaving `qu` out would tell clients the token
@@ -28,7 +32,7 @@ def _sf_string(value: str) -> str:
 
 
 def ratelimit_headers(states: Iterable[LimitState] | Mapping[str, LimitState]) -> dict[str, str]:
-    """Both fields for every limited policy in `states` (unlimited ones are left out); {} if none is limited."""
+    """Both fields for every limited policy in `states` (unlimited ones are left out); {} if none is."""
     if isinstance(states, Mapping):
         states = states.values()
     policies: list[str] = []

@@ -9,20 +9,29 @@ suspended plan fails closed):
 - rpm / tpm: sliding-window logs over `window_seconds` (60 by default). A request admitted at t counts against
   both windows until t + window; tpm entries carry their token weight, so `retry_after` is the exact moment
   enough weight has left the window for the refused request to fit.
-- concurrent_streams: one slot per streaming request, a sorted set scored by expiry. A slot lapses by itself
-  `slot_ttl_seconds` after reserve (or after the last `heartbeat`), so a killed worker never leaks one.
+  A request counts against rpm even if it is later released without producing a token, so that retry
+  storms stay limited.
+- concurrent_streams: one slot per streaming request (`stream=True`), a sorted set scored by expiry. A slot
+  lapses by itself `slot_ttl_seconds` after reserve (or after the last `heartbeat`), so a killed worker never
+  leaks one. All processes must use the same slot ttl (the set's key expiry follows the newest slot).
 - monthly_quota: a counter per billing period (`period_id`), expiring `period_margin_seconds` after
-  `period_end`, so a new period starts from a new key.
+  `period_end`, so a new period starts from a new key. With a `period_id` the period's usage is counted even
+  when `monthly_quota` is None (for /usage); without one nothing is.
 
 `reserve` charges the worst case (prompt + max output tokens) to the tpm window and the quota; `settle`
-replaces it by the actual count and frees the slot. With actual <= reserved the quota counter therefore never
-exceeds `monthly_quota`, at any instant and under any interleaving. An actual above the reservation is still
-recorded (the spend happened) and may overshoot.
+replaces it by the actual count and frees the slot; `release` settles with 0. With actual <= reserved the
+quota counter never exceeds `monthly_quota`, at any instant and under any interleaving: the script admits only
+if used + worst case <= quota and settling can only lower the counter. An actual above the reservation is
+still recorded (the spend happened) and may overshoot. Settling is idempotent per `request_id`: a tombstone
+is kept for `settled_ttl_seconds`, and after it expired a duplicate settle still changes nothing unless the
+counter was rebuilt in between. A reservation never settled keeps its worst case charged (the safe side)
+until the ledger reconciles it with `rebuild_quota`. Request ids must be unique (uuid4); reserving an
+admitted, unsettled id again replays it without charging twice.
 
-The Postgres ledger is the source of truth for the quota. When a period's counter is missing (first request of
-a period, Redis flushed or evicted) `reserve` records nothing and raises `QuotaCounterMissing`; the caller sums
-the ledger and calls `reserve(..., quota_baseline=used)`, which creates the counter in the same atomic step
-unless another process created it first::
+The Postgres ledger is the source of truth for the quota. When a period's counter is missing (first request
+of a period, Redis flushed or evicted) `reserve` records nothing and raises `QuotaCounterMissing`; the caller
+sums the ledger and calls `reserve(..., quota_baseline=used)`, which creates the counter in the same atomic
+step unless another process created it first::
 
     try:
         reservation = reserve(r, user_id=u, limits=limits, tokens=worst, request_id=rid)
@@ -30,8 +39,10 @@ unless another process created it first::
         reservation = reserve(r, user_id=u, limits=limits, tokens=worst, request_id=rid,
                               quota_baseline=ledger_tokens(u, limits.period_id))
 
-`rebuild_quota` overwrites a counter (reconciliation); settlements of reservations made before a rebuild add
-their actual spend rather than subtracting a worst case the new counter never held.
+`rebuild_quota` overwrites a counter (reconciliation). Each counter has a generation: settlements of
+reservations charged to an earlier one (before a rebuild or a Redis flush) add their actual spend rather than
+subtracting a worst case the new counter never held. Between a flush and the settlement of requests that
+were in flight, their worst cases are not held by the counter, so admissions can briefly overshoot by them.
 
 `now` (epoch seconds or aware datetime) is for tests only: without it the scripts read Redis `TIME`.
 Every function has an asyncio twin (`areserve`, ...) for `redis.asyncio.Redis`, running the same scripts.
@@ -40,11 +51,14 @@ Every function has an asyncio twin (`areserve`, ...) for `redis.asyncio.Redis`, 
 from __future__ import annotations
 
 import math
-import uuid
+import secrets
+import struct
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from functools import cached_property, lru_cache
+from typing import Any, Literal, NamedTuple
 
 from billing.limiter.headers import ratelimit_headers
 from billing.limiter.scripts import HEARTBEAT, REBUILD, RESERVE, SETTLE
@@ -53,9 +67,11 @@ LimitName = Literal["rpm", "tpm", "concurrency", "quota"]
 POLICIES: tuple[LimitName, ...] = ("rpm", "tpm", "concurrency", "quota")
 Timestamp = datetime | float | int
 
-_UNITS = {"rpm": "requests", "tpm": "tokens", "concurrency": "concurrent-requests", "quota": "tokens"}
 # When several limits refuse with the same retry time, report the one the user can least work around.
 _SEVERITY = {"quota": 3, "tpm": 2, "rpm": 1, "concurrency": 0}
+
+# Redis Lua prints numbers with 14 significant digits: larger amounts would come back rounded.
+MAX_AMOUNT = 10**13
 
 _STATUS_REFUSED, _STATUS_ADMITTED, _STATUS_SETTLED, _STATUS_REPLAY, _STATUS_QUOTA_MISSING = range(5)
 
@@ -65,12 +81,21 @@ class LimiterConfig:
     key_prefix: str = "docent:lim:"
     # A stream that neither settles nor heartbeats within this time is presumed dead and its slot lapses.
     slot_ttl_seconds: float = 120.0
-    # How long a reservation is remembered, both to settle it and to make a second settle a no-op.
+    # How long an unsettled reservation is remembered (so that it can still be settled), and how long a
+    # settled one is (so that a second settle is a no-op): every request holds a small key for that long.
     reservation_ttl_seconds: float = 86_400.0
+    settled_ttl_seconds: float = 3_600.0
     # A period's counter outlives its end by this much so that late settlements still land in it.
     period_margin_seconds: float = 86_400.0
     # Slots free when streams end, which cannot be predicted: refused callers get this short polling hint.
     concurrency_retry_after: int = 1
+
+    def __post_init__(self) -> None:
+        if "{" in self.key_prefix or "}" in self.key_prefix:
+            raise ValueError("key_prefix must not contain braces: they would break the per-user hash tag")
+        ttls = (self.slot_ttl_seconds, self.reservation_ttl_seconds, self.settled_ttl_seconds)
+        if min(ttls) <= 0 or self.period_margin_seconds < 0:
+            raise ValueError("ttls must be positive")
 
 
 DEFAULT_CONFIG = LimiterConfig()
@@ -104,8 +129,9 @@ class Limits:
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "concurrent_streams", "monthly_quota"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise ValueError(f"{name} must be a non-negative int or None, got {value!r}")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or not 0 <= value <= MAX_AMOUNT):
+                raise ValueError(f"{name} must be an int in [0, {MAX_AMOUNT}] or None, got {value!r}")
         if self.monthly_quota is not None and self.period_id is None:
             raise ValueError("monthly_quota needs a period_id")
         if self.period_id is not None and self.period_end is None:
@@ -117,7 +143,13 @@ class Limits:
     def window_ms(self) -> int:
         return max(1, round(self.window_seconds * 1000))
 
-    def _limit(self, name: LimitName) -> int | None:
+    @property
+    def quota_window_seconds(self) -> int | None:
+        if self.period_start is None or self.period_end is None:
+            return None
+        return _ceil_seconds(_ms(self.period_end) - _ms(self.period_start))
+
+    def limit_of(self, name: LimitName) -> int | None:
         return {
             "rpm": self.rpm,
             "tpm": self.tpm,
@@ -125,21 +157,13 @@ class Limits:
             "quota": self.monthly_quota,
         }[name]
 
-    def _window(self, name: LimitName) -> int | None:
-        if name in ("rpm", "tpm"):
-            return math.ceil(self.window_seconds)
-        if name == "quota" and self.period_start is not None and self.period_end is not None:
-            return _ceil_seconds(_ms(self.period_end) - _ms(self.period_start))
-        return None
 
-
-@dataclass(frozen=True)
-class LimitState:
+class LimitState(NamedTuple):
     name: LimitName
     limit: int | None  # None: unlimited
     used: int
     # Seconds until the oldest charge leaves the window (rpm, tpm), the period ends (quota), or the oldest
-    # slot lapses on its own (concurrency; None when no slot is held).
+    # slot lapses on its own (concurrency: only reported on refusals and by usage(), else None).
     reset_seconds: int | None
     window_seconds: int | None
     unit: str
@@ -161,21 +185,52 @@ class LimitState:
         }
 
 
+def _states(limits: Limits, values: tuple[int, ...]) -> dict[str, LimitState]:
+    """Reply layout (see reserve.lua): status, now, quota missing, then used/reset ms/failed/retry ms for
+    rpm, tpm, concurrency and quota."""
+    window = math.ceil(limits.window_seconds)
+    rpm_used, log_reset, tpm_used = values[3], values[4], values[7]
+    slots_used, slot_reset, quota_used, quota_reset = values[11], values[12], values[15], values[16]
+    tracked = limits.period_id is not None
+    return {
+        "rpm": LimitState("rpm", limits.rpm, rpm_used, _ceil_seconds(log_reset), window, "requests"),
+        "tpm": LimitState("tpm", limits.tpm, tpm_used, _ceil_seconds(log_reset), window, "tokens"),
+        "concurrency": LimitState("concurrency", limits.concurrent_streams, slots_used,
+                                  _ceil_seconds(slot_reset) if slot_reset > 0 else None, None,
+                                  "concurrent-requests"),
+        "quota": LimitState("quota", limits.monthly_quota, quota_used,
+                            _ceil_seconds(quota_reset) if tracked else None, limits.quota_window_seconds,
+                            "tokens", bool(values[2])),
+    }
+
+
 @dataclass(frozen=True)
 class Reservation:
     user_id: str
     request_id: str
     tokens: int
     stream: bool
-    holds_slot: bool
-    period_id: str | None
-    key_prefix: str
-    slot_ttl_ms: int
-    reservation_ttl_ms: int
-    server_time_ms: int
+    limits: Limits
+    config: LimiterConfig = field(repr=False)
+    server_time_ms: int = 0
     # True when the request id had already been admitted and not settled: nothing was charged again.
-    replayed: bool
-    states: Mapping[str, LimitState] = field(repr=False)
+    replayed: bool = False
+    # The quota counter incarnation charged (0: none); lets settle tell a rebuilt counter from the same one.
+    quota_gen: int = 0
+    reply: tuple[int, ...] = field(default=(), repr=False)
+
+    @property
+    def holds_slot(self) -> bool:
+        return self.stream and self.limits.concurrent_streams is not None
+
+    @property
+    def period_id(self) -> str | None:
+        return self.limits.period_id
+
+    @cached_property
+    def states(self) -> dict[str, LimitState]:
+        """Counters right after this admission, for headers. Built on first use: most callers never look."""
+        return _states(self.limits, self.reply)
 
     def headers(self) -> dict[str, str]:
         return ratelimit_headers(self.states)
@@ -252,6 +307,52 @@ def _check_request_id(request_id: str) -> None:
         raise ValueError("request_id must be a non-empty string")
 
 
+_REQUEST_ARGS = struct.Struct("<6q")
+_PLAN_ARGS = struct.Struct("<10q")
+_replies_decoded: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+@lru_cache(maxsize=4096)
+def _plan_args(limits: Limits, config: LimiterConfig) -> bytes:
+    """The part of reserve's packed argument that depends only on the plan and the configuration."""
+
+    def limit(value: int | None) -> int:
+        return -1 if value is None else value
+
+    tracked = limits.period_id is not None
+    return _PLAN_ARGS.pack(
+        limits.window_ms,
+        limit(limits.rpm),
+        limit(limits.tpm),
+        limit(limits.concurrent_streams),
+        limit(limits.monthly_quota),
+        1 if tracked else 0,
+        _ms(config.slot_ttl_seconds),
+        _ms(limits.period_end) if tracked and limits.period_end is not None else 0,
+        _ms(config.period_margin_seconds),
+        _ms(config.reservation_ttl_seconds),
+    )
+
+
+def _decodes_replies(client: Any) -> bool:
+    """Whether the client turns bulk replies into str (decode_responses=True), which binary replies break."""
+    try:
+        return _replies_decoded[client]
+    except KeyError:
+        pass
+    except TypeError:  # not weakly referenceable: ask every time
+        return bool(getattr(client.get_encoder(), "decode_responses", True))
+    decoded = bool(getattr(client.get_encoder(), "decode_responses", True))
+    _replies_decoded[client] = decoded
+    return decoded
+
+
+def _unpack_reply(reply: Any) -> tuple[int, ...]:
+    if isinstance(reply, bytes):
+        return struct.unpack(f"<{len(reply) // 8}q", reply)
+    return tuple(map(int, reply.split()))
+
+
 class _ReserveCall:
     def __init__(
         self,
@@ -265,9 +366,10 @@ class _ReserveCall:
         quota_baseline: int | None,
         config: LimiterConfig,
         peek: bool,
+        binary: bool,
     ) -> None:
-        if tokens < 0:
-            raise ValueError("tokens must be >= 0")
+        if not 0 <= tokens <= MAX_AMOUNT:
+            raise ValueError(f"tokens must be in [0, {MAX_AMOUNT}]")
         if quota_baseline is not None and quota_baseline < 0:
             raise ValueError("quota_baseline must be >= 0")
         _check_request_id(request_id)
@@ -281,86 +383,50 @@ class _ReserveCall:
             _quota_key(base, limits.period_id),
             f"{base}res:{request_id}",
         )
-
-        def limit(value: int | None) -> int:
-            return -1 if value is None else value
-
-        tracked = limits.period_id is not None
-        numbers = (
+        self.binary = binary
+        request = _REQUEST_ARGS.pack(
             -1 if now is None else _ms(now),
-            limits.window_ms,
-            limit(limits.rpm),
-            limit(limits.tpm),
-            limit(limits.concurrent_streams),
-            limit(limits.monthly_quota),
-            1 if tracked else 0,
             tokens,
             1 if stream else 0,
-            _ms(config.slot_ttl_seconds),
-            _ms(limits.period_end) if tracked and limits.period_end is not None else 0,
-            _ms(config.period_margin_seconds),
             -1 if quota_baseline is None else quota_baseline,
-            _ms(config.reservation_ttl_seconds),
             1 if peek else 0,
+            1 if binary else 0,
         )
-        self.args = (request_id, " ".join(map(str, numbers)))
+        self.args = (request_id, request + _plan_args(limits, config))
 
-    def states(self, reply: list[Any]) -> dict[str, LimitState]:
-        values = [int(v) for v in reply]
-        quota_missing = bool(values[2])
-        states: dict[str, LimitState] = {}
-        for index, name in enumerate(POLICIES):
-            used, reset_ms = values[3 + 4 * index], values[4 + 4 * index]
-            limit = self.limits._limit(name)
-            if name == "concurrency":
-                reset = _ceil_seconds(reset_ms) if used else None
-            elif name == "quota":
-                reset = _ceil_seconds(reset_ms) if self.limits.period_id is not None else None
-            else:
-                reset = _ceil_seconds(reset_ms)
-            states[name] = LimitState(
-                name=name,
-                limit=limit,
-                used=used,
-                reset_seconds=reset,
-                window_seconds=self.limits._window(name),
-                unit=_UNITS[name],
-                counter_missing=name == "quota" and quota_missing,
-            )
-        return states
+    def states(self, reply: Any) -> dict[str, LimitState]:
+        return _states(self.limits, _unpack_reply(reply))
 
-    def reservation(self, reply: list[Any]) -> Reservation:
-        status = int(reply[0])
+    def reservation(self, reply: Any) -> Reservation:
+        values = _unpack_reply(reply)
+        status = values[0]
         if status == _STATUS_SETTLED:
             raise RequestAlreadySettled(self.request_id)
         if status == _STATUS_QUOTA_MISSING:
             raise QuotaCounterMissing(user_id=self.user_id, period_id=str(self.limits.period_id))
-        states = self.states(reply)
         if status == _STATUS_REFUSED:
-            raise self._refusal(reply, states)
+            raise self._refusal(values)
         return Reservation(
             user_id=self.user_id,
             request_id=self.request_id,
             tokens=self.tokens,
             stream=self.stream,
-            holds_slot=self.stream and self.limits.concurrent_streams is not None,
-            period_id=self.limits.period_id,
-            key_prefix=self.config.key_prefix,
-            slot_ttl_ms=_ms(self.config.slot_ttl_seconds),
-            reservation_ttl_ms=_ms(self.config.reservation_ttl_seconds),
-            server_time_ms=int(reply[1]),
+            limits=self.limits,
+            config=self.config,
+            server_time_ms=values[1],
             replayed=status == _STATUS_REPLAY,
-            states=states,
+            quota_gen=values[19],
+            reply=values,
         )
 
-    def _refusal(self, reply: list[Any], states: dict[str, LimitState]) -> LimitExceeded:
-        values = [int(v) for v in reply]
+    def _refusal(self, values: tuple[int, ...]) -> LimitExceeded:
+        states = _states(self.limits, values)
         failures: list[tuple[LimitName, int, bool]] = []
         for index, name in enumerate(POLICIES):
             if not values[5 + 4 * index]:
                 continue
             retry_ms = values[6 + 4 * index]
-            limit = self.limits._limit(name)
+            limit = self.limits.limit_of(name)
             assert limit is not None
             if name == "concurrency":
                 retry_ms = self.config.concurrency_retry_after * 1000
@@ -391,7 +457,7 @@ class _ReserveCall:
 def _settle_call(reservation: Reservation, actual_tokens: int) -> tuple[tuple[str, ...], tuple[Any, ...]]:
     if actual_tokens < 0:
         raise ValueError("actual_tokens must be >= 0")
-    base = _user_key(reservation.key_prefix, reservation.user_id)
+    base = _user_key(reservation.config.key_prefix, reservation.user_id)
     keys = (
         f"{base}log",
         f"{base}log:total",
@@ -402,20 +468,23 @@ def _settle_call(reservation: Reservation, actual_tokens: int) -> tuple[tuple[st
     args = (
         reservation.request_id,
         actual_tokens,
-        reservation.reservation_ttl_ms,
+        _ms(reservation.config.settled_ttl_seconds),
         1 if reservation.period_id is not None else 0,
+        reservation.quota_gen,
     )
     return keys, args
 
 
-def _heartbeat_call(reservation: Reservation, now: Timestamp | None) -> tuple[tuple[str, ...], tuple[Any, ...]]:
-    base = _user_key(reservation.key_prefix, reservation.user_id)
+def _heartbeat_call(
+    reservation: Reservation, now: Timestamp | None
+) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    base = _user_key(reservation.config.key_prefix, reservation.user_id)
     keys = (f"{base}slots", f"{base}res:{reservation.request_id}")
     args = (
         reservation.request_id,
         -1 if now is None else _ms(now),
-        reservation.slot_ttl_ms,
-        reservation.reservation_ttl_ms,
+        _ms(reservation.config.slot_ttl_seconds),
+        _ms(reservation.config.reservation_ttl_seconds),
     )
     return keys, args
 
@@ -435,7 +504,9 @@ def _rebuild_call(
     keys = (_quota_key(_user_key(config.key_prefix, user_id), period_id),)
     args = (
         used_tokens,
-        "r" + uuid.uuid4().hex,
+        # Generations travel through Lua numbers: 40 random bits stay exact (and never look like a server
+        # time in ms, which is what counters created from a baseline use).
+        secrets.randbits(40),
         -1 if now is None else _ms(now),
         _ms(period_end),
         _ms(config.period_margin_seconds),
@@ -463,7 +534,8 @@ def reserve(
     Reserving an admitted, unsettled request id again returns it with `replayed=True` without charging twice.
     """
     call = _ReserveCall(user_id=user_id, limits=limits, tokens=tokens, request_id=request_id, stream=stream,
-                        now=now, quota_baseline=quota_baseline, config=config, peek=False)
+                        now=now, quota_baseline=quota_baseline, config=config, peek=False,
+                        binary=not _decodes_replies(redis))
     return call.reservation(RESERVE(redis, call.keys, call.args))
 
 
@@ -497,7 +569,7 @@ def usage(
 ) -> dict[str, LimitState]:
     """Current counters per limit ("rpm", "tpm", "concurrency", "quota"); charges nothing."""
     call = _ReserveCall(user_id=user_id, limits=limits, tokens=0, request_id="-", stream=False, now=now,
-                        quota_baseline=None, config=config, peek=True)
+                        quota_baseline=None, config=config, peek=True, binary=not _decodes_replies(redis))
     return call.states(RESERVE(redis, call.keys, call.args))
 
 
@@ -515,7 +587,8 @@ def rebuild_quota(
     """Set the period's counter to the ledger total `used_tokens`. With `only_if_missing` an existing counter
     is left alone (returns False), so racing rebuilders cannot erase each other's reservations."""
     keys, args = _rebuild_call(user_id=user_id, period_id=period_id, period_end=period_end,
-                               used_tokens=used_tokens, only_if_missing=only_if_missing, now=now, config=config)
+                               used_tokens=used_tokens, only_if_missing=only_if_missing, now=now,
+                               config=config)
     return bool(int(REBUILD(redis, keys, args)))
 
 
@@ -532,7 +605,8 @@ async def areserve(
     config: LimiterConfig = DEFAULT_CONFIG,
 ) -> Reservation:
     call = _ReserveCall(user_id=user_id, limits=limits, tokens=tokens, request_id=request_id, stream=stream,
-                        now=now, quota_baseline=quota_baseline, config=config, peek=False)
+                        now=now, quota_baseline=quota_baseline, config=config, peek=False,
+                        binary=not _decodes_replies(redis))
     return call.reservation(await RESERVE.run_async(redis, call.keys, call.args))
 
 
@@ -561,7 +635,7 @@ async def ausage(
     config: LimiterConfig = DEFAULT_CONFIG,
 ) -> dict[str, LimitState]:
     call = _ReserveCall(user_id=user_id, limits=limits, tokens=0, request_id="-", stream=False, now=now,
-                        quota_baseline=None, config=config, peek=True)
+                        quota_baseline=None, config=config, peek=True, binary=not _decodes_replies(redis))
     return call.states(await RESERVE.run_async(redis, call.keys, call.args))
 
 
@@ -577,5 +651,6 @@ async def arebuild_quota(
     config: LimiterConfig = DEFAULT_CONFIG,
 ) -> bool:
     keys, args = _rebuild_call(user_id=user_id, period_id=period_id, period_end=period_end,
-                               used_tokens=used_tokens, only_if_missing=only_if_missing, now=now, config=config)
+                               used_tokens=used_tokens, only_if_missing=only_if_missing, now=now,
+                               config=config)
     return bool(int(await REBUILD.run_async(redis, keys, args)))

@@ -1,9 +1,10 @@
 -- Replace a reservation's worst-case charge by the actual token count and release its slot. Idempotent: the
--- reservation record is marked settled and kept (as a tombstone) for the reservation ttl.
+-- reservation record is marked settled and kept (as a tombstone) for the settled ttl.
 --
 -- KEYS[1] log ZSET   KEYS[2] log total STRING   KEYS[3] slots ZSET   KEYS[4] quota HASH
 -- KEYS[5] reservation STRING "<settled 0|1> <tokens> <slot taken 0|1> <quota gen>"
--- ARGV 1 request id   2 actual tokens   3 reservation ttl ms   4 track quota 0|1
+-- ARGV 1 request id   2 actual tokens   3 settled ttl ms   4 track quota 0|1
+--      5 quota gen the reservation was charged under (used only if its record is gone)
 --
 -- Reply: {applied (0 = already settled), quota charge change}
 
@@ -42,10 +43,15 @@ if reserved then
       charge = actual
     end
   end
-elseif track_quota and redis.call('EXISTS', KEYS[4]) == 1 then
-  -- The reservation record is gone (Redis flush or eviction) while a counter exists: that counter was rebuilt
-  -- from the ledger without this request, so what was really spent is added.
-  charge = actual
+elseif track_quota then
+  -- The reservation record is gone. If the counter was rebuilt since the reservation (Redis flushed), the
+  -- ledger it came from did not hold this request: add what was really spent. If it is the same counter, the
+  -- record was either a tombstone that expired (settled long ago) or evicted before settling: in both cases
+  -- changing nothing is safe (at worst the reserved worst case stays charged until the next rebuild).
+  local current = redis.call('HGET', KEYS[4], 'gen')
+  if current and current ~= ARGV[5] then
+    charge = actual
+  end
 end
 if charge ~= 0 then
   redis.call('HINCRBY', KEYS[4], 'used', charge)

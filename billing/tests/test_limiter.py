@@ -7,6 +7,7 @@ for about a second.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import threading
@@ -65,7 +66,8 @@ def _rid() -> str:
     return uuid.uuid4().hex
 
 
-def _quota_limits(quota: int | None = 1_000, period: str = "2030-03", end: float = PERIOD_END, **kw) -> Limits:
+def _quota_limits(quota: int | None = 1_000, period: str = "2030-03", end: float = PERIOD_END,
+                  **kw) -> Limits:
     return Limits(monthly_quota=quota, period_id=period, period_end=end, **kw)
 
 
@@ -77,8 +79,8 @@ def _refusal(r, config, limits, tokens=1, stream=False, now=T0) -> LimitExceeded
 
 
 def _admit(r, config, limits, tokens=1, stream=False, now=T0, request_id=None, **kw):
-    return reserve(r, user_id=USER, limits=limits, tokens=tokens, request_id=request_id or _rid(), stream=stream,
-                   now=now, config=config, **kw)
+    return reserve(r, user_id=USER, limits=limits, tokens=tokens, request_id=request_id or _rid(),
+                   stream=stream, now=now, config=config, **kw)
 
 
 def _quota_used(r, config, period="2030-03") -> int:
@@ -207,12 +209,25 @@ def test_settle_replaces_the_reserved_tokens_by_the_actual_count_once(r, config)
     assert _quota_used(r, config) == 120
 
 
-def test_release_refunds_the_whole_reservation(r, config):
+def test_duplicate_settle_after_the_tombstone_expired_changes_nothing(r, config):
+    limits = _quota_limits(1_000)
+    reservation = _admit(r, config, limits, tokens=500, quota_baseline=0)
+    settle(r, reservation=reservation, actual_tokens=120)
+    record = f"{config.key_prefix}{{u:{USER}}}:res:{reservation.request_id}"
+    assert 0 < r.pttl(record) <= config.settled_ttl_seconds * 1000
+
+    r.delete(record)  # what the tombstone's expiry does
+    settle(r, reservation=reservation, actual_tokens=120)
+    assert _quota_used(r, config) == 120
+
+
+def test_release_refunds_every_reserved_token_but_the_request_still_counts_against_rpm(r, config):
     limits = _quota_limits(1_000, tpm=1_000)
     reservation = _admit(r, config, limits, tokens=700, quota_baseline=50)
     assert release(r, reservation=reservation)
     state = usage(r, user_id=USER, limits=limits, now=T0 + 1, config=config)
-    assert (state["quota"].used, state["tpm"].used, state["rpm"].used) == (50, 0, 0)
+    # A failed call still counts as a request, so that retry storms stay rate limited.
+    assert (state["quota"].used, state["tpm"].used, state["rpm"].used) == (50, 0, 1)
 
 
 def test_actual_spend_above_the_reservation_is_still_recorded(r, config):
@@ -235,6 +250,17 @@ def test_missing_quota_counter_is_signalled_without_recording_anything(r, config
     admitted = _admit(r, config, limits, tokens=200, stream=True, quota_baseline=700)
     assert admitted.states["quota"].used == 900
     assert not usage(r, user_id=USER, limits=limits, now=T0, config=config)["quota"].counter_missing
+
+
+def test_missing_counter_signal_leaves_the_token_window_consistent(r, config):
+    limits = _quota_limits(10_000, tpm=100)
+    _admit(r, config, limits, tokens=60, quota_baseline=0)
+    r.delete(f"{config.key_prefix}{{u:{USER}}}:quota:2030-03")
+
+    with pytest.raises(QuotaCounterMissing):  # the 60 tokens have left the window by now
+        _admit(r, config, limits, tokens=100, now=T0 + 61)
+    admitted = _admit(r, config, limits, tokens=100, now=T0 + 61, quota_baseline=60)
+    assert admitted.states["tpm"].used == 100
 
 
 def test_quota_baseline_does_not_overwrite_a_counter_that_already_exists(r, config):
@@ -315,6 +341,7 @@ def test_none_means_unlimited_and_untracked_while_zero_admits_nothing(r, config)
     assert admitted.headers() == {}
     assert r.exists(f"{config.key_prefix}{{u:{USER}}}:log", f"{config.key_prefix}{{u:{USER}}}:slots") == 0
 
+    rebuild_quota(r, user_id=USER, period_id="2030-03", period_end=PERIOD_END, used_tokens=0, config=config)
     for limits, name in [(Limits(rpm=0), "rpm"), (Limits(concurrent_streams=0), "concurrency"),
                          (_quota_limits(0), "quota")]:
         refused = _refusal(r, config, limits, stream=True)
@@ -335,11 +362,12 @@ def test_limits_refuse_inconsistent_configuration():
         Limits(monthly_quota=10)
     with pytest.raises(ValueError, match="period_end"):
         Limits(period_id="2030-03")
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="must be an int"):
         Limits(rpm=-1)
 
 
 def test_headers_follow_the_ratelimit_draft_syntax(r, config):
+    config = dataclasses.replace(config, slot_ttl_seconds=120)
     limits = Limits(rpm=60, tpm=40_000, concurrent_streams=4, monthly_quota=1_000_000, period_id="2030-03",
                     period_end=PERIOD_END, period_start=PERIOD_END - 31 * 86_400)
     _admit(r, config, limits, tokens=1_000, stream=True, now=T0, quota_baseline=5_000)
@@ -348,7 +376,7 @@ def test_headers_follow_the_ratelimit_draft_syntax(r, config):
     assert reservation.headers() == {
         "RateLimit-Policy": '"rpm";q=60;w=60, "tpm";q=40000;qu="tokens";w=60, '
         '"concurrency";q=4;qu="concurrent-requests", "quota";q=1000000;qu="tokens";w=2678400',
-        "RateLimit": '"rpm";r=58;t=40, "tpm";r=37000;t=40, "concurrency";r=2, "quota";r=992000;t=864000',
+        "RateLimit": '"rpm";r=58;t=40, "tpm";r=37000;t=40, "concurrency";r=2, "quota";r=992000;t=863980',
     }
 
 
@@ -356,7 +384,11 @@ def test_refusal_headers_carry_retry_after_and_the_exhausted_policy(r, config):
     limits = Limits(rpm=1)
     _admit(r, config, limits, now=T0)
     headers = _refusal(r, config, limits, now=T0 + 15.2).headers()
-    assert headers == {"Retry-After": "45", "RateLimit-Policy": '"rpm";q=1;w=60', "RateLimit": '"rpm";r=0;t=45'}
+    assert headers == {
+        "Retry-After": "45",
+        "RateLimit-Policy": '"rpm";q=1;w=60',
+        "RateLimit": '"rpm";r=0;t=45',
+    }
 
 
 def test_usage_headers_use_ceiling_seconds_and_skip_unlimited_policies(r, config):
@@ -368,7 +400,8 @@ def test_usage_headers_use_ceiling_seconds_and_skip_unlimited_policies(r, config
 
 
 def test_each_decision_is_one_round_trip_even_when_redis_lost_the_script(r, config, monkeypatch):
-    pool = redis_lib.ConnectionPool.from_url(REDIS_URL, connection_class=CountingConnection, max_connections=1)
+    pool = redis_lib.ConnectionPool.from_url(REDIS_URL, connection_class=CountingConnection,
+                                             max_connections=1)
     client = redis_lib.Redis(connection_pool=pool)
     client.ping()
     connection = pool.get_connection()
@@ -387,6 +420,19 @@ def test_each_decision_is_one_round_trip_even_when_redis_lost_the_script(r, conf
     connection.replies = 0
     _admit(client, config, limits)
     assert connection.replies == 2
+    client.close()
+
+
+def test_clients_that_decode_replies_get_the_same_decisions(config):
+    client = redis_lib.Redis.from_url(REDIS_URL, decode_responses=True)
+    limits = _quota_limits(1_000, rpm=1)
+    with pytest.raises(QuotaCounterMissing):
+        _admit(client, config, limits, tokens=100)
+    admitted = _admit(client, config, limits, tokens=100, quota_baseline=0)
+    assert (admitted.states["quota"].used, admitted.states["rpm"].used) == (100, 1)
+    refused = _refusal(client, config, limits, now=T0 + 30)
+    assert (refused.limit, refused.retry_after_ms) == ("rpm", 30_000)
+    assert usage(client, user_id=USER, limits=limits, now=T0 + 30, config=config)["quota"].used == 100
     client.close()
 
 
@@ -459,8 +505,8 @@ def test_async_api_reserves_heartbeats_settles_and_reads_usage_like_the_sync_one
                                config=config)
             await arebuild_quota(client, user_id=USER, period_id="2030-03", period_end=PERIOD_END,
                                  used_tokens=10, now=T0, config=config)
-            stream = await areserve(client, user_id=USER, limits=limits, tokens=100, request_id=_rid(), now=T0,
-                                    config=config)
+            stream = await areserve(client, user_id=USER, limits=limits, tokens=100, request_id=_rid(),
+                                    now=T0, config=config)
             with pytest.raises(LimitExceeded) as caught:
                 await areserve(client, user_id=USER, limits=limits, tokens=100, request_id=_rid(), now=T0,
                                config=config)

@@ -1,0 +1,449 @@
+"""Billing's write side: subscriptions, the usage ledger, and the limits every LLM call and upload passes.
+
+The ledger (UsageRecord, Postgres) is the source of truth; the Redis counters are a fast, rebuildable view of
+it. An LLM call is `llm_reserve` (its worst case: prompt + max_tokens) -> the call -> `llm_settle` (the actual
+tokens; writes the ledger row, then settles Redis) or `llm_release` (failed before any token: nothing charged).
+Call `llm_settle` outside any transaction the caller might roll back: Redis cannot be rolled back with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from redis.exceptions import RedisError
+
+from billing import counters, limiter
+from billing.exceptions import (
+    BillingError,
+    BillingNotConfigured,
+    LimiterUnavailable,
+    ModelNotAllowed,
+    PlanNotFound,
+    UnknownModel,
+    UploadLimitExceeded,
+)
+from billing.limiter import LimitExceeded, QuotaCounterMissing, Reservation
+from billing.models import ModelPrice, Plan, Subscription, UsageRecord
+from billing.periods import period_containing
+from billing.selectors import (
+    EffectiveLimits,
+    effective_limits,
+    ledger_tokens,
+    limiter_limits,
+    plan_default,
+    plan_get,
+    price_at,
+    priced_models,
+)
+
+if TYPE_CHECKING:
+    from accounts.models import User
+
+__all__ = [
+    "BillingError",
+    "BillingNotConfigured",
+    "LimitExceeded",
+    "LimiterUnavailable",
+    "ModelNotAllowed",
+    "PlanNotFound",
+    "UnknownModel",
+    "UploadLimitExceeded",
+    "catalog_ensure",
+    "limits_check_upload",
+    "llm_heartbeat",
+    "llm_release",
+    "llm_reserve",
+    "llm_settle",
+    "quota_check",
+    "quota_rebuild",
+    "subscription_assign_plan",
+    "subscription_get_or_create",
+    "usage_record",
+]
+
+logger = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+COST_QUANTUM = Decimal("0.00000001")
+PER_MILLION = Decimal(1_000_000)
+
+
+def _utc_now() -> datetime:
+    return timezone.now().astimezone(UTC)
+
+
+def catalog_ensure() -> None:
+    """A fresh database (no `manage.py seed` yet, or a test database) gets the seeded plans and prices the
+    first time a user needs a plan. An installation whose admins removed the default flag is left alone."""
+    if Plan.objects.exists():
+        return
+    from billing.seeds import seed_catalog
+
+    logger.warning("no billing plans in the database: seeding the default catalogue")
+    seed_catalog()
+
+
+def subscription_create_default(*, user: User) -> Subscription | None:
+    """Puts a new user on the default plan; None when no default plan is configured (yet)."""
+    plan = plan_default()
+    if plan is None:
+        return None
+    return _subscription_create(user=user, plan=plan)
+
+
+def _subscription_create(*, user: User, plan: Plan) -> Subscription:
+    now = _utc_now()
+    start, end = period_containing(anchor=now, moment=now)
+    subscription, _ = Subscription.objects.select_related("plan").get_or_create(
+        user=user,
+        defaults={"plan": plan, "period_anchor": now, "current_period_start": start, "current_period_end": end},
+    )
+    return subscription
+
+
+def subscription_get_or_create(*, user: User) -> Subscription:
+    """The user's subscription with its current period: created on the default plan if missing, and moved to
+    the period holding now if the stored one has ended (quotas reset at that boundary)."""
+    subscription = Subscription.objects.select_related("plan").filter(user=user).first()
+    if subscription is None:
+        catalog_ensure()
+        plan = plan_default()
+        if plan is None:
+            raise BillingNotConfigured("No default plan is configured: an admin has to mark one plan as default.")
+        subscription = _subscription_create(user=user, plan=plan)
+    if subscription.current_period_end <= timezone.now():
+        subscription = _period_advance(subscription=subscription)
+    return subscription
+
+
+def _period_advance(*, subscription: Subscription) -> Subscription:
+    now = _utc_now()
+    old_end = subscription.current_period_end
+    start, end = period_containing(anchor=subscription.period_anchor.astimezone(UTC), moment=now)
+    # An anchor edited out of step with the stored period must not open a period overlapping the last one.
+    start = max(start, old_end)
+    if end <= start:
+        start, end = period_containing(anchor=old_end.astimezone(UTC), moment=now)
+    # Conditional: racing processes compute the same period, and only the first write lands.
+    Subscription.objects.filter(pk=subscription.pk, current_period_end=old_end).update(
+        current_period_start=start, current_period_end=end, updated_at=timezone.now()
+    )
+    subscription.refresh_from_db()
+    return subscription
+
+
+@transaction.atomic
+def subscription_assign_plan(
+    *, user: User, plan_slug: str, status: str = Subscription.Status.ACTIVE
+) -> Subscription:
+    """An admin's or the CLI's plan change: takes effect at once and keeps the current period (and the
+    tokens already used in it). Inactive plans can be assigned: they are only hidden from the plan page."""
+    catalog_ensure()
+    plan = plan_get(slug=plan_slug)
+    if plan is None:
+        slugs = ", ".join(Plan.objects.values_list("slug", flat=True)) or "none"
+        raise PlanNotFound(f"There is no plan {plan_slug!r} (plans: {slugs}).")
+    subscription = Subscription.objects.select_for_update().filter(user=user).first()
+    if subscription is None:
+        subscription = _subscription_create(user=user, plan=plan)
+    subscription.plan = plan
+    subscription.status = status
+    subscription.save(update_fields=["plan", "status", "updated_at"])
+    return subscription
+
+
+def _current(user: User) -> tuple[Subscription, EffectiveLimits]:
+    subscription = subscription_get_or_create(user=user)
+    return subscription, effective_limits(subscription=subscription)
+
+
+def limits_check_upload(*, user: User, size_bytes: int, document_count: int, storage_bytes: int) -> None:
+    """Raises UploadLimitExceeded (413 file size, 403 document count or storage) unless a file of
+    `size_bytes` may be added to the user's `document_count` documents holding `storage_bytes`."""
+    subscription, limits = _current(user)
+    plan = limits.plan.name if limits.plan is not None else subscription.plan.name
+    if limits.max_file_size_mb is not None and size_bytes > limits.max_file_size_mb * MB:
+        raise UploadLimitExceeded(
+            status_code=413,
+            code="file_too_large",
+            message=f"This file is {_mb(size_bytes)}; the {plan} plan accepts files up to "
+                    f"{limits.max_file_size_mb} MB. Split it or upgrade your plan.",
+        )
+    if limits.max_documents is not None and document_count + 1 > limits.max_documents:
+        raise UploadLimitExceeded(
+            status_code=403,
+            code="document_limit",
+            message=f"You have {document_count} documents, the most the {plan} plan allows "
+                    f"({limits.max_documents}). Delete some or upgrade your plan.",
+        )
+    if limits.max_storage_mb is not None and storage_bytes + size_bytes > limits.max_storage_mb * MB:
+        raise UploadLimitExceeded(
+            status_code=403,
+            code="storage_limit",
+            message=f"Your documents use {_mb(storage_bytes)} of the {limits.max_storage_mb} MB the {plan} plan "
+                    f"allows, and this file needs {_mb(size_bytes)} more. Delete some or upgrade your plan.",
+        )
+
+
+def _mb(size: int) -> str:
+    return f"{size / MB:.1f} MB"
+
+
+def _limiter_states(*, user: User, subscription: Subscription, limits: EffectiveLimits) -> dict:
+    """Live counters; a missing quota counter is first rebuilt from the ledger."""
+    redis, config = counters.redis_client(), counters.limiter_config()
+    lim = limiter_limits(subscription=subscription, limits=limits)
+    states = limiter.usage(redis, user_id=user.pk, limits=lim, config=config)
+    if states["quota"].counter_missing:
+        used = ledger_tokens(user=user, start=subscription.current_period_start, end=subscription.current_period_end)
+        limiter.rebuild_quota(redis, user_id=user.pk, period_id=subscription.period_id,
+                              period_end=subscription.current_period_end, used_tokens=used, only_if_missing=True,
+                              config=config)
+        states = limiter.usage(redis, user_id=user.pk, limits=lim, config=config)
+    return states
+
+
+def quota_check(*, user: User, tokens: int = 0) -> None:
+    """Raises LimitExceeded("quota") when the monthly quota is used up, or cannot hold `tokens` more.
+    Charges nothing: for work whose size is known only roughly in advance (ingestion, embedding)."""
+    subscription, limits = _current(user)
+    if limits.monthly_token_quota is None:
+        return
+    try:
+        states = _limiter_states(user=user, subscription=subscription, limits=limits)
+    except RedisError as exc:
+        raise LimiterUnavailable() from exc
+    quota = states["quota"]
+    if quota.used + tokens <= quota.limit and quota.used < quota.limit:
+        return
+    reset = quota.reset_seconds or 0
+    raise LimitExceeded(
+        limit="quota",
+        retry_after=max(1, reset),
+        retry_after_ms=reset * 1000,
+        limit_value=quota.limit,
+        remaining=quota.remaining,
+        reset_seconds=quota.reset_seconds,
+        satisfiable=tokens <= quota.limit,
+        violated=("quota",),
+        states=states,
+    )
+
+
+def llm_reserve(
+    *, user: User, model: str, prompt_tokens: int, max_tokens: int, request_id: str, stream: bool = True
+) -> Reservation:
+    """Admits one LLM call and charges its worst case (prompt + max_tokens) against every limit, atomically
+    across processes. Raises ModelNotAllowed, LimitExceeded (nothing charged), or LimiterUnavailable when Redis
+    cannot be reached (fails closed)."""
+    subscription, limits = _current(user)
+    price = price_at(model=model, at=timezone.now()) if model in limits.chat_models else None
+    if price is None or price.kind != ModelPrice.Kind.CHAT:
+        plan = limits.plan.name if limits.plan is not None else subscription.plan.name
+        priced = priced_models(kind=ModelPrice.Kind.CHAT)
+        raise ModelNotAllowed(model=model, plan=plan, allowed=[m for m in limits.chat_models if m in priced])
+    return _reserve(user=user, subscription=subscription, limits=limits, tokens=prompt_tokens + max_tokens,
+                    request_id=request_id, stream=stream)
+
+
+def _reserve(
+    *, user: User, subscription: Subscription, limits: EffectiveLimits, tokens: int, request_id: str, stream: bool
+) -> Reservation:
+    try:
+        return _reserve_in_redis(user=user, subscription=subscription, limits=limits, tokens=tokens,
+                                 request_id=request_id, stream=stream)
+    except RedisError as exc:
+        logger.error("limiter unavailable, refusing %s: %s", request_id, exc)
+        raise LimiterUnavailable() from exc
+
+
+def _reserve_in_redis(
+    *, user: User, subscription: Subscription, limits: EffectiveLimits, tokens: int, request_id: str, stream: bool
+) -> Reservation:
+    redis, config = counters.redis_client(), counters.limiter_config()
+    lim = limiter_limits(subscription=subscription, limits=limits)
+    try:
+        return limiter.reserve(redis, user_id=user.pk, limits=lim, tokens=tokens, request_id=request_id,
+                               stream=stream, config=config)
+    except QuotaCounterMissing:
+        # First call of the period, or Redis lost the counter: start it from the ledger, atomically with this
+        # reservation (a racing process that created it first wins and its counter is used instead).
+        used = ledger_tokens(user=user, start=subscription.current_period_start, end=subscription.current_period_end)
+        return limiter.reserve(redis, user_id=user.pk, limits=lim, tokens=tokens, request_id=request_id,
+                               stream=stream, config=config, quota_baseline=used)
+
+
+def llm_heartbeat(*, reservation: Reservation) -> bool:
+    """Keeps a long stream's concurrency slot alive; False if it had already lapsed (the stream should stop)."""
+    return limiter.heartbeat(counters.redis_client(), reservation=reservation)
+
+
+def llm_release(*, reservation: Reservation) -> None:
+    """The call failed before producing any token: nothing is charged and the slot is freed."""
+    try:
+        limiter.release(counters.redis_client(), reservation=reservation)
+    except RedisError:
+        # The slot lapses by itself; the quota keeps the worst case until the next rebuild (the safe side).
+        logger.exception("could not release reservation %s", reservation.request_id)
+
+
+def llm_settle(
+    *,
+    reservation: Reservation | None,
+    user: User,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    latency_ms: int,
+    request_id: str,
+    message_id: int | None = None,
+    kind: str = UsageRecord.Kind.CHAT,
+) -> UsageRecord:
+    """Records the call in the ledger (once per request_id: a repeat returns the first row) and settles the
+    limiter to what was really spent. A cancelled or broken stream is settled with the tokens generated so far.
+    Without a reservation (lost by a restarted worker) the tokens are added to the quota like usage_record's."""
+    started = _reservation_time(reservation)
+    record, created = _ledger_write(
+        user=user, kind=kind, model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+        latency_ms=latency_ms, request_id=request_id, message_id=message_id, document_id=None, priced_at=started,
+    )
+    try:
+        if reservation is not None:
+            # Settled with the ledger's count, so that a repeated settle cannot disagree with the ledger.
+            limiter.settle(counters.redis_client(), reservation=reservation, actual_tokens=record.total_tokens)
+        elif created:
+            _quota_add(user=user, tokens=record.total_tokens, request_id=request_id)
+    except RedisError:
+        # The ledger row is written, which is what matters; the counter is reconciled by the next rebuild.
+        logger.exception("could not settle %s in Redis", request_id)
+    return record
+
+
+def _reservation_time(reservation: Reservation | None) -> datetime:
+    if reservation is not None and reservation.server_time_ms:
+        return datetime.fromtimestamp(reservation.server_time_ms / 1000, tz=UTC)
+    return _utc_now()
+
+
+def usage_record(
+    *,
+    user: User,
+    kind: str,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int = 0,
+    latency_ms: int = 0,
+    request_id: str,
+    message_id: int | None = None,
+    document_id: int | None = None,
+) -> UsageRecord:
+    """Records a call made without a reservation (embeddings): a ledger row priced at the current ModelPrice,
+    once per request_id, and its tokens added to the period's quota counter. Never refused: check
+    `quota_check` before doing the work."""
+    record, created = _ledger_write(
+        user=user, kind=kind, model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+        latency_ms=latency_ms, request_id=request_id, message_id=message_id, document_id=document_id,
+        priced_at=_utc_now(),
+    )
+    if created:
+        try:
+            _quota_add(user=user, tokens=record.total_tokens, request_id=request_id)
+        except RedisError:
+            logger.exception("could not count %s in Redis", request_id)
+    return record
+
+
+def _quota_add(*, user: User, tokens: int, request_id: str) -> None:
+    """Adds already-spent tokens to the period counter only: embedding batches must not consume the per-minute
+    budgets that keep chat responsive."""
+    subscription = subscription_get_or_create(user=user)
+    lim = limiter.Limits(
+        period_id=subscription.period_id,
+        period_start=subscription.current_period_start,
+        period_end=subscription.current_period_end,
+    )
+    redis, config = counters.redis_client(), counters.limiter_config()
+    try:
+        reservation = limiter.reserve(redis, user_id=user.pk, limits=lim, tokens=tokens, request_id=request_id,
+                                      stream=False, config=config)
+    except QuotaCounterMissing:
+        # The ledger already holds this call, so the counter starts from the ledger total; a process that
+        # created the counter meanwhile keeps its own (only_if_missing).
+        used = ledger_tokens(user=user, start=subscription.current_period_start, end=subscription.current_period_end)
+        limiter.rebuild_quota(redis, user_id=user.pk, period_id=subscription.period_id,
+                              period_end=subscription.current_period_end, used_tokens=used, only_if_missing=True,
+                              config=config)
+        return
+    except limiter.RequestAlreadySettled:
+        return
+    limiter.settle(redis, reservation=reservation, actual_tokens=tokens)
+
+
+def _cost(price: ModelPrice | None, prompt_tokens: int, completion_tokens: int) -> Decimal:
+    if price is None:
+        return Decimal(0)
+    cost = (prompt_tokens * price.input_per_million + completion_tokens * price.output_per_million) / PER_MILLION
+    return cost.quantize(COST_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+def _ledger_write(
+    *,
+    user: User,
+    kind: str,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    latency_ms: int,
+    request_id: str,
+    message_id: int | None,
+    document_id: int | None,
+    priced_at: datetime,
+) -> tuple[UsageRecord, bool]:
+    if kind not in UsageRecord.Kind.values:
+        raise ValueError(f"unknown usage kind {kind!r}")
+    if prompt_tokens < 0 or completion_tokens < 0:
+        raise ValueError("token counts cannot be negative")
+    existing = UsageRecord.objects.filter(request_id=request_id).first()
+    if existing is not None:
+        return existing, False
+    price = price_at(model=model, at=priced_at)
+    if price is None:
+        # The call happened and is recorded; an operator sees the unpriced model in the admin.
+        logger.error("no price for model %r at %s: usage %s recorded at cost 0", model, priced_at, request_id)
+    try:
+        with transaction.atomic():
+            record = UsageRecord.objects.create(
+                user=user,
+                kind=kind,
+                model=model,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cost=_cost(price, prompt_tokens, completion_tokens),
+                price=price,
+                latency_ms=max(0, math.ceil(latency_ms)),
+                request_id=request_id,
+                message_id=message_id,
+                document_id=document_id,
+            )
+    except IntegrityError:
+        existing = UsageRecord.objects.filter(request_id=request_id).first()
+        if existing is None:
+            raise
+        return existing, False
+    return record, True
+
+
+def quota_rebuild(*, user: User) -> int:
+    """Resets the user's current quota counter to the ledger total (reconciliation); returns that total."""
+    subscription = subscription_get_or_create(user=user)
+    used = ledger_tokens(user=user, start=subscription.current_period_start, end=subscription.current_period_end)
+    limiter.rebuild_quota(counters.redis_client(), user_id=user.pk, period_id=subscription.period_id,
+                          period_end=subscription.current_period_end, used_tokens=used,
+                          config=counters.limiter_config())
+    return used
