@@ -70,9 +70,11 @@ def celery_workers(django_db_setup, django_db_blocker) -> Iterator[dict]:
             threads.append(thread)
         _set_task_join_will_block(False)
         yield workers
+        # Work a test enqueued but did not wait for must not hold the session open.
+        app.control.purge()
         state.should_terminate = 0
         for thread in threads:
-            thread.join(30)
+            thread.join(90)
         state.should_terminate = None
         stuck = [thread.name for thread in threads if thread.is_alive()]
         assert not stuck, f"Celery worker threads did not stop: {stuck}"
@@ -111,9 +113,15 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator:
-    """Debian's Chromium driven by Playwright. Never `playwright install`: it downloads a browser build."""
+    """Debian's Chromium driven by Playwright. Never `playwright install`: it downloads a browser build.
+
+    Module-scoped: Playwright's sync API keeps an event loop running in the main thread while it is open, which
+    stops the Django test client from calling async views; closing it after each browser module frees the thread.
+    For the same reason the ORM's async-safety check is off only while it is open.
+    """
+    import os
     import shutil
     from pathlib import Path
 
@@ -122,10 +130,14 @@ def browser() -> Iterator:
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium); skipping browser tests")
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
-        yield browser
-        browser.close()
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+            yield browser
+            browser.close()
+    finally:
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from rest_framework.views import APIView
 
 from accounts.selectors import api_key_get, api_key_list
 from accounts.services import api_key_create, api_key_revoke
-from config.api import paginate
+from config.api import paginate, paginated
 
 
 class APIKeyOut(serializers.Serializer):
@@ -27,7 +27,7 @@ class APIKeyIn(serializers.Serializer):
 
 
 class APIKeyListCreateApi(APIView):
-    @extend_schema(responses=APIKeyOut(many=True), operation_id="keys_list")
+    @extend_schema(responses=paginated(APIKeyOut), operation_id="keys_list")
     def get(self, request: Request) -> Response:
         return paginate(request, api_key_list(user=request.user), APIKeyOut, view=self)
 

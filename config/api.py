@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import Http404
+from django.http import Http404, HttpResponse, JsonResponse
+from django.views import csrf, defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, serializers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
@@ -72,6 +74,46 @@ class Pagination(PageNumberPagination):
     page_size = 20
     page_size_query_param = "page_size"
     max_page_size = 100
+
+
+_PAGINATED: dict[type, type[serializers.Serializer]] = {}
+
+
+def paginated(serializer_class: type[serializers.Serializer]) -> type[serializers.Serializer]:
+    """The OpenAPI shape of `paginate`'s answer for `serializer_class`: `extend_schema(responses=paginated(X))`."""
+    if serializer_class not in _PAGINATED:
+        name = f"Paginated{serializer_class.__name__.removesuffix('Out')}List"
+        _PAGINATED[serializer_class] = type(name, (serializers.Serializer,), {
+            "count": serializers.IntegerField(),
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": serializer_class(many=True),
+        })
+    return _PAGINATED[serializer_class]
+
+
+@csrf_exempt
+def api_not_found(request, *args, **kwargs) -> JsonResponse:
+    """The last /api/v1/ route: an unknown path (or an id the URL pattern refuses) answers in the API's format."""
+    return JsonResponse({"error": {"code": "not_found", "message": "Not found."}}, status=404)
+
+
+def csrf_failure(request, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW: a session-authenticated API call without its CSRF token gets the API's JSON error."""
+    if request.path.startswith(("/api/", "/v1/")):
+        message = "CSRF check failed: send the X-CSRFToken header with session authentication, or use an API key."
+        return JsonResponse({"error": {"code": "csrf_failed", "message": message}}, status=403)
+    return csrf.csrf_failure(request, reason=reason)
+
+
+def server_error(request) -> HttpResponse:
+    """handler500: API callers get JSON they can parse, people get the page."""
+    if request.path.startswith(("/api/", "/v1/")):
+        return JsonResponse(
+            {"error": {"code": "server_error", "message": "Something went wrong on our side; it has been logged."}},
+            status=500,
+        )
+    return defaults.server_error(request)
 
 
 def paginate(request: Request, queryset, serializer_class: type[serializers.Serializer], *, view=None) -> Response:

@@ -68,8 +68,13 @@ class Chunk(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["document", "ordinal"], name="chunk_unique_ordinal")]
         indexes = [
-            HnswIndex(name="chunk_embedding_hnsw", fields=["embedding"], opclasses=["vector_cosine_ops"], m=16,
-                      ef_construction=64),
+            HnswIndex(
+                name="chunk_embedding_hnsw",
+                fields=["embedding"],
+                opclasses=["vector_cosine_ops"],
+                m=16,
+                ef_construction=64,
+            ),
             GinIndex(fields=["search_vector"], name="chunk_search_vector_gin"),
             models.Index(fields=["owner", "document"], name="chunk_owner_document"),
         ]

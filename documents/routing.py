@@ -1,1 +1,5 @@
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from documents.consumers import DocumentsConsumer
+
+websocket_urlpatterns = [path("ws/documents/", DocumentsConsumer.as_asgi())]

@@ -1,14 +1,10 @@
 """End-to-end: the account pages in a real browser against the real ASGI server."""
 
-import os
 import re
 
 import pytest
 
 from accounts.tests.factories import PASSWORD
-
-# Playwright's sync API runs an event loop in this thread; the ORM calls made by tests here are not inside it.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -80,8 +80,7 @@ def _unsupported(detected: str, filename: str | None) -> UnsupportedFileType:
     suffix = PurePath(filename).suffix.lower() if filename else ""
     if suffix in {".pdf", ".docx", ".html", ".htm", ".md", ".txt"}:
         return UnsupportedFileType(
-            f"This file is named {suffix} but its content is {detected}, "
-            f"not a supported document; {SUPPORTED}."
+            f"This file is named {suffix} but its content is {detected}, not a supported document; {SUPPORTED}."
         )
     return UnsupportedFileType(f"This file is {detected}, which is not supported; {SUPPORTED}.")
 
@@ -111,9 +110,7 @@ def _decode_head(head: bytes) -> str | None:
 def _mostly_printable(text: str) -> bool:
     if not text:
         return True
-    controls = sum(
-        1 for char in text if (ord(char) < 0x20 and ord(char) not in _ALLOWED_CONTROLS) or char == "\x7f"
-    )
+    controls = sum(1 for char in text if (ord(char) < 0x20 and ord(char) not in _ALLOWED_CONTROLS) or char == "\x7f")
     return controls <= len(text) // 100
 
 
@@ -199,9 +196,7 @@ def sniff_kind(head: bytes, filename: str | None) -> Kind:
 def _ole2_error(encrypted: bool) -> UnsupportedFileType:
     if encrypted:
         # Word stores a password-protected .docx inside an OLE2 container as "EncryptedPackage".
-        return UnsupportedFileType(
-            "This Word document is password-protected; remove the password and upload it again."
-        )
+        return UnsupportedFileType("This Word document is password-protected; remove the password and upload it again.")
     return UnsupportedFileType(
         "This file is a legacy Microsoft Office document (.doc/.xls/.ppt), which is not supported; "
         "save it as .docx or PDF and upload it again."
@@ -235,8 +230,7 @@ def sniff_kind_path(path: Path, *, filename: str | None = None) -> Kind:
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
             if PurePath(filename).suffix.lower() == ".docx":
                 raise IngestionError(
-                    "This DOCX is damaged and could not be read "
-                    "(its zip directory is broken or the file is truncated)."
+                    "This DOCX is damaged and could not be read (its zip directory is broken or the file is truncated)."
                 ) from exc
             raise _unsupported("a damaged zip archive", filename) from exc
         described = _describe_zip(names, head)

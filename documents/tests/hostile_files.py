@@ -134,9 +134,7 @@ class _PdfWriter:
         out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(offsets) + 1))
         for offset in offsets:
             out.write(b"%010d 00000 n \n" % offset)
-        out.write(
-            b"trailer\n<< /Size %d %s >>\nstartxref\n%d\n%%%%EOF\n" % (len(offsets) + 1, trailer, xref_at)
-        )
+        out.write(b"trailer\n<< /Size %d %s >>\nstartxref\n%d\n%%%%EOF\n" % (len(offsets) + 1, trailer, xref_at))
         return out.getvalue()
 
 
@@ -155,8 +153,7 @@ def _build_pdf(
         # An 8x8 grey checkerboard: a page with pixels and no text operators, like a scan.
         pixels = bytes((0 if (x + y) % 2 else 255) for y in range(8) for x in range(8))
         image_ref = writer.add(
-            b"<< /Type /XObject /Subtype /Image /Width 8 /Height 8 /ColorSpace /DeviceGray "
-            b"/BitsPerComponent 8 >>",
+            b"<< /Type /XObject /Subtype /Image /Width 8 /Height 8 /ColorSpace /DeviceGray /BitsPerComponent 8 >>",
             pixels,
         )
         resources += b" /XObject << /Im1 %d 0 R >>" % image_ref
@@ -195,9 +192,7 @@ def encrypted_pdf(password: str = PDF_PASSWORD) -> bytes:
 
     With password="" it is a "permissions only" PDF: encrypted, but any reader may open it.
     """
-    security = _StandardSecurity(
-        user_password=password, owner_password="owner-" + password, file_id=bytes(range(16))
-    )
+    security = _StandardSecurity(user_password=password, owner_password="owner-" + password, file_id=bytes(range(16)))
     return _build_pdf([_text_content(lines) for lines in SAMPLE_PDF_PAGES], security=security)
 
 
@@ -293,8 +288,7 @@ def _zip(entries: Sequence[_ZipEntry], *, declared_sizes: dict[str, int] | None 
     directory = b"".join(central)
     out.write(directory)
     out.write(
-        b"PK\x05\x06"
-        + struct.pack("<HHHHIIH", 0, 0, len(entries), len(entries), len(directory), directory_at, 0)
+        b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, len(entries), len(entries), len(directory), directory_at, 0)
     )
     return out.getvalue()
 
@@ -363,15 +357,11 @@ def _p(text: str, style: str | None = None, *, extra_ppr: str = "", runs: str = 
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
-    cells = "".join(
-        "<w:tr>" + "".join(f"<w:tc>{_p(cell)}</w:tc>" for cell in row) + "</w:tr>" for row in rows
-    )
+    cells = "".join("<w:tr>" + "".join(f"<w:tc>{_p(cell)}</w:tc>" for cell in row) + "</w:tr>" for row in rows)
     return f"<w:tbl>{cells}</w:tbl>"
 
 
-_PAGE_BREAK_RUN = (
-    '<w:r><w:lastRenderedPageBreak/><w:t xml:space="preserve"> Page two starts here.</w:t></w:r>'
-)
+_PAGE_BREAK_RUN = '<w:r><w:lastRenderedPageBreak/><w:t xml:space="preserve"> Page two starts here.</w:t></w:r>'
 _TEXT_BOX = (
     '<w:r><mc:AlternateContent xmlns:mc="http://schemas.openxmlformats.org/markup-compatibility/2006">'
     '<mc:Choice Requires="wps"><w:drawing><w:txbxContent><w:p><w:r><w:t>Boxed note</w:t></w:r></w:p>'
@@ -468,9 +458,7 @@ def docx_zip_bomb(unpacked_bytes: int = 1 << 30, *, lie_about_size: bool = False
 
 def docx_entity_bomb(levels: int = 9) -> bytes:
     """A DOCX whose document.xml declares "billion laughs" entities: ~10^9 "lol"s if expanded."""
-    entities = ['<!ENTITY lol0 "lol">'] + [
-        f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10}">' for i in range(1, levels + 1)
-    ]
+    entities = ['<!ENTITY lol0 "lol">'] + [f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10}">' for i in range(1, levels + 1)]
     doctype = "<!DOCTYPE w:document [" + "".join(entities) + "]>"
     body = f"<w:body><w:p><w:r><w:t>Before the bomb &lol{levels}; after</w:t></w:r></w:p></w:body>"
     xml = f'<?xml version="1.0" encoding="UTF-8"?>{doctype}<w:document xmlns:w="{_W_NS}">{body}</w:document>'

@@ -84,9 +84,7 @@ def test_normalize_joins_hyphenated_line_ends_only_before_lowercase():
 
 @pytest.mark.parametrize("limits", [ExtractionLimits(), INLINE_PDF], ids=["isolated", "inline"])
 def test_pdf_yields_one_section_per_page_with_1_based_numbers(tmp_path, limits):
-    sections = list(
-        extract_sections(_write(tmp_path, "a.pdf", hostile_files.sample_pdf()), Kind.PDF, limits=limits)
-    )
+    sections = list(extract_sections(_write(tmp_path, "a.pdf", hostile_files.sample_pdf()), Kind.PDF, limits=limits))
     assert [section.page for section in sections] == [1, 2, 3]
     for section, lines in zip(sections, hostile_files.SAMPLE_PDF_PAGES, strict=True):
         assert lines[0].split()[0] in section.text

@@ -51,14 +51,10 @@ def extract_sections(path: Path, kind: Kind, *, limits: ExtractionLimits | None 
     except FileNotFoundError:
         raise  # a bug or a storage race, not the user's file
     except OSError as exc:
-        raise TransientIngestionError(
-            "The uploaded file could not be read from storage; it will be retried."
-        ) from exc
+        raise TransientIngestionError("The uploaded file could not be read from storage; it will be retried.") from exc
     except (MemoryError, RecursionError) as exc:
         raise IngestionError("This file is too complex to read within the memory limits.") from exc
     except Exception as exc:  # no raw library error may reach the user for a bad file
-        raise IngestionError(
-            f"This {_NAMES[Kind(kind)]} file could not be read ({type(exc).__name__})."
-        ) from exc
+        raise IngestionError(f"This {_NAMES[Kind(kind)]} file could not be read ({type(exc).__name__}).") from exc
     if not produced:
         raise IngestionError(f"This {_NAMES[Kind(kind)]} file contains no text.")

@@ -61,9 +61,7 @@ def _outline(document: Any) -> list[tuple[int, str, int]]:
     return entries
 
 
-def iter_events(
-    path: Path, *, max_pages: int, max_page_chars: int, count_only: bool = False
-) -> Iterator[tuple]:
+def iter_events(path: Path, *, max_pages: int, max_page_chars: int, count_only: bool = False) -> Iterator[tuple]:
     import pypdfium2 as pdfium
 
     try:

@@ -107,9 +107,7 @@ def _parse_small(data: bytes) -> etree._Element:
     return etree.fromstring(data, parser)
 
 
-def _relationship_target(
-    archive: zipfile.ZipFile, rels_name: str, base_dir: str, type_suffix: str
-) -> str | None:
+def _relationship_target(archive: zipfile.ZipFile, rels_name: str, base_dir: str, type_suffix: str) -> str | None:
     data = _read_small(archive, rels_name)
     if data is None:
         return None
@@ -288,21 +286,15 @@ def extract_docx(path: Path, *, limits: ExtractionLimits, budget: CharBudget) ->
     with archive:
         _vet_archive(archive, limits)
         try:
-            document = (
-                _relationship_target(archive, "_rels/.rels", "", _OFFICE_DOCUMENT) or "word/document.xml"
-            )
+            document = _relationship_target(archive, "_rels/.rels", "", _OFFICE_DOCUMENT) or "word/document.xml"
             if document not in archive.NameToInfo:
                 raise _damaged("it has no main document part")
             base, name = posixpath.split(document)
-            styles = _relationship_target(
-                archive, posixpath.join(base, "_rels", name + ".rels"), base, _STYLES
-            )
+            styles = _relationship_target(archive, posixpath.join(base, "_rels", name + ".rels"), base, _STYLES)
             levels = _heading_levels(archive, styles if styles in archive.NameToInfo else None)
             count_pages = _has_rendered_page_breaks(archive, document)
             with archive.open(document) as stream:
-                yield from _iter_document(
-                    stream, levels, count_pages=count_pages, limits=limits, budget=budget
-                )
+                yield from _iter_document(stream, levels, count_pages=count_pages, limits=limits, budget=budget)
         except etree.XMLSyntaxError as exc:
             if "entity" in str(exc.msg).lower():
                 # libxml2 refuses entity definitions that amplify (billion laughs) even unexpanded.

@@ -77,9 +77,7 @@ def extract_markdown(path: Path, *, limits: ExtractionLimits, budget: CharBudget
             elif match := _ATX.match(line):
                 push_paragraph()
                 yield from buffer.flush()
-                buffer.heading_path = update_heading_path(
-                    headings, len(match.group(1)), _title(match.group(2) or "")
-                )
+                buffer.heading_path = update_heading_path(headings, len(match.group(1)), _title(match.group(2) or ""))
                 buffer.add(line, "\n")
             elif paragraph and _SETEXT.match(line) and not _BLOCK_START.match(paragraph[0]):
                 yield from buffer.flush()

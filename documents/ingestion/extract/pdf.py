@@ -37,15 +37,12 @@ def _damaged(reason: str) -> IngestionError:
     return IngestionError(f"This PDF is damaged and could not be read ({reason}).")
 
 
-def _error_from_event(
-    code: str, detail: str, page_index: int | None, limits: ExtractionLimits
-) -> IngestionError:
+def _error_from_event(code: str, detail: str, page_index: int | None, limits: ExtractionLimits) -> IngestionError:
     if code == "password":
         return IngestionError(PASSWORD_MESSAGE)
     if code == "security":
         return IngestionError(
-            "This PDF uses an encryption scheme that cannot be opened; "
-            "save an unencrypted copy and upload it again."
+            "This PDF uses an encryption scheme that cannot be opened; save an unencrypted copy and upload it again."
         )
     if code == "too_many_pages":
         return IngestionError(
@@ -116,9 +113,7 @@ class _ChildEvents:
         returncode = self._process.wait()
         self._stderr.seek(0, os.SEEK_END)
         self._stderr.seek(max(0, self._stderr.tell() - 2000))
-        logger.warning(
-            "pdfium child exited with %s: %s", returncode, self._stderr.read().decode(errors="replace")
-        )
+        logger.warning("pdfium child exited with %s: %s", returncode, self._stderr.read().decode(errors="replace"))
         where = "while opening it" if self.current_page is None else f"on page {self.current_page + 1}"
         if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
             return IngestionError(

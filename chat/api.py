@@ -1,0 +1,189 @@
+"""Chat's HTTP API. Asking and following an answer are async views (SSE under the ASGI server: a waiting client
+costs a coroutine, not a thread); the lists and cancel are ordinary DRF views."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from channels.db import DatabaseSyncToAsync
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.parsers import JSONParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.authentication import APIKeyAuthentication
+from accounts.models import User
+from chat import events
+from chat.errors import describe
+from chat.models import Message
+from chat.selectors import conversation_get, conversation_list, message_find, message_get, message_list
+from chat.serializers import AskIn, ConversationOut, MessageOut
+from chat.services import ChatError, chat_ask, message_cancel
+from config.api import APIError, paginate, paginated
+
+
+def db(fn):
+    # Not thread-sensitive: runs on the event loop's shared executor, whose threads keep their database
+    # connections, instead of a fresh thread (and a fresh ~10 ms Postgres connection) per request.
+    return DatabaseSyncToAsync(fn, thread_sensitive=False)
+
+
+def _authenticate(request: HttpRequest) -> User:
+    """DRF's authentication for a plain view: `Bearer dk_…` API keys (with their failure throttling) or the
+    session (with its CSRF check on unsafe methods)."""
+    request.body  # noqa: B018  (cached first, so that the CSRF check below can parse the body again)
+    drf_request = Request(request, parsers=[JSONParser()],
+                          authenticators=[APIKeyAuthentication(), SessionAuthentication()])
+    user = drf_request.user
+    if user is None or not user.is_authenticated:
+        raise exceptions.NotAuthenticated("Authentication credentials were not provided.")
+    return user
+
+
+def _error_response(exc: Exception) -> JsonResponse:
+    if isinstance(exc, exceptions.ValidationError):
+        detail = exc.detail
+        first = next(iter(detail.items())) if isinstance(detail, dict) and detail else ("", detail)
+        message = f"{first[0]}: {_first(first[1])}" if first[0] else _first(first[1])
+        return JsonResponse({"error": {"code": "invalid_request", "message": message, "fields": detail}},
+                            status=400)
+    described = describe(exc)
+    if described is None:
+        raise exc
+    status, headers, body = described
+    response = JsonResponse({"error": body}, status=status)
+    for name, value in headers.items():
+        response[name] = value
+    return response
+
+
+def _first(detail: Any) -> str:
+    while isinstance(detail, list | dict) and detail:
+        detail = detail[0] if isinstance(detail, list) else next(iter(detail.values()))
+    return str(detail)
+
+
+def _parse_ask(request: HttpRequest) -> dict[str, Any]:
+    try:
+        data = json.loads(request.body or b"{}")
+    except ValueError as exc:
+        raise exceptions.ValidationError({"body": ["Send a JSON object."]}) from exc
+    serializer = AskIn(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _ask(*, user: User, data: dict[str, Any]) -> Message:
+    conversation_id = data.get("conversation_id")
+    conversation = conversation_get(user=user, conversation_id=conversation_id) if conversation_id else None
+    return chat_ask(user=user, question=data["message"], conversation=conversation,
+                    document_ids=data.get("document_ids"))
+
+
+def _event_stream(user: User, message_id: int, after: int) -> StreamingHttpResponse:
+    async def load() -> Message | None:
+        return await db(message_find)(user=user, message_id=message_id)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"retry: 1000\n\n"
+        async for item in events.follow(message_id, after=after, heartbeat=settings.CHAT_SSE_HEARTBEAT_SECONDS,
+                                        load_message=load):
+            yield b": keep-alive\n\n" if item is None else item.sse()
+
+    response = StreamingHttpResponse(body(), content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache, no-transform"
+    response["X-Accel-Buffering"] = "no"  # nginx would otherwise hold the events back in its buffer
+    return response
+
+
+async def _finished_answer(user: User, message_id: int) -> JsonResponse:
+    async def load() -> Message | None:
+        return await db(message_find)(user=user, message_id=message_id)
+
+    async for _ in events.follow(message_id, heartbeat=settings.CHAT_SSE_HEARTBEAT_SECONDS, load_message=load):
+        pass
+    message = await db(message_get)(user=user, message_id=message_id)
+    data = MessageOut(message).data
+    if message.error_code:
+        error = {"code": message.error_code, "message": message.error_message, "message_id": message.id,
+                 "partial": data}
+        return JsonResponse({"error": error}, status=502)
+    return JsonResponse(data, status=201)
+
+
+@csrf_exempt  # API keys need no CSRF token; session requests are checked by DRF's SessionAuthentication
+async def chat_ask_api(request: HttpRequest) -> HttpResponse:
+    """POST /api/v1/chat/ {"message", "conversation_id"?, "document_ids"?}. With `Accept: text/event-stream`
+    the answer streams as SSE; otherwise the response is the finished answer."""
+    if request.method != "POST":
+        return _error_response(exceptions.MethodNotAllowed(request.method))
+    try:
+        user = await db(_authenticate)(request)
+        answer = await db(_ask)(user=user, data=_parse_ask(request))
+    except Exception as exc:
+        return _error_response(exc)
+    if "text/event-stream" in request.headers.get("Accept", ""):
+        return _event_stream(user, answer.id, after=0)
+    return await _finished_answer(user, answer.id)
+
+
+@csrf_exempt
+async def message_stream_api(request: HttpRequest, message_id: int) -> HttpResponse:
+    """GET /api/v1/chat/messages/{id}/stream: the answer's events after `Last-Event-ID` (or `?after=N`), then
+    the live ones until `done`."""
+    if request.method != "GET":
+        return _error_response(exceptions.MethodNotAllowed(request.method))
+    raw_after = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0"
+    try:
+        after = int(raw_after)
+        if after < 0:
+            raise ValueError
+    except ValueError:
+        return _error_response(exceptions.ValidationError({"after": ["Give the last event id seen (0 or more)."]}))
+    try:
+        user = await db(_authenticate)(request)
+        message = await db(message_get)(user=user, message_id=message_id)
+    except Exception as exc:
+        return _error_response(exc)
+    return _event_stream(user, message.id, after=after)
+
+
+def _chat_error(exc: ChatError) -> APIError:
+    return APIError(exc.status_code, exc.code, exc.message)
+
+
+class ConversationListApi(APIView):
+    @extend_schema(responses=paginated(ConversationOut), operation_id="conversations_list")
+    def get(self, request):
+        return paginate(request, conversation_list(user=request.user), ConversationOut, view=self)
+
+
+class ConversationMessagesApi(APIView):
+    @extend_schema(responses=paginated(MessageOut), operation_id="conversation_messages_list")
+    def get(self, request, conversation_id: int):
+        messages = message_list(user=request.user, conversation_id=conversation_id)
+        return paginate(request, messages, MessageOut, view=self)
+
+
+class MessageDetailApi(APIView):
+    @extend_schema(responses=MessageOut, operation_id="chat_message_retrieve")
+    def get(self, request, message_id: int):
+        return Response(MessageOut(message_get(user=request.user, message_id=message_id)).data)
+
+
+class MessageCancelApi(APIView):
+    @extend_schema(request=None, responses={202: MessageOut}, operation_id="chat_message_cancel")
+    def post(self, request, message_id: int):
+        try:
+            message = message_cancel(user=request.user, message_id=message_id)
+        except ChatError as exc:
+            raise _chat_error(exc) from exc
+        return Response(MessageOut(message).data, status=202)

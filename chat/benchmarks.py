@@ -1,0 +1,609 @@
+"""Chat latency and concurrency against real processes: the fake OpenAI server, uvicorn serving the ASGI app,
+and one `celery worker -Q llm -P threads -c 200`, all on this machine, with the dev database and a throwaway
+user (deleted afterwards) and a Redis database of their own (`CHAT_BENCH_REDIS_DB`, default 12).
+
+chat.ttft: 200 questions, one at a time, each on its own conversation over a WebSocket opened beforehand.
+  Added time to first token = (first token at the client - ask sent) - the model's own time to first token
+  (the same prompt sent straight to the fake server). It splits into retrieval (query embedding + hybrid
+  search, timed by the worker) and transport (everything else: edge, billing, queue, worker, Redis, socket).
+  Added per-token latency: how much later than the model's schedule each token reaches the client, relative
+  to the answer's first token, minus the same for a client reading the model directly.
+chat.concurrency: 200 chats at once against a model that takes 10 s per answer; every token must arrive and no
+  chat may take more than 20% longer than the model alone, while a client keeps loading the documents page.
+  The same load then runs against a synchronous baseline: a plain WSGI view that calls the model inline
+  (`CHAT_BENCH_SYNC_THREADS` threads, as a gthread server would run), serving the page too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from config.bench import Row, benchmark
+
+ROOT = Path(__file__).resolve().parent.parent
+SQUAD = Path("/work/shared/datasets/squad/squad-v1.1-dev-even.json")
+TTFT_REQUESTS = 200
+PER_TOKEN_REQUESTS = 20
+PER_TOKEN_MS = 20
+CONCURRENT_CHATS = 200
+MODEL_TOKENS = 100
+MODEL_TOKEN_MS = 100  # first token after 100 ms, then 99 more 100 ms apart: 10 s per answer
+MODEL_FIRST_TOKEN_MS = 100
+PAGE_PATH = "/documents/"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _wait_port(port: int, process: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[:4]} exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port} after {seconds} s")
+
+
+@dataclass
+class Corpus:
+    contexts: list[tuple[str, list[str]]]  # (article title, paragraphs)
+    questions: list[str]
+
+
+def _corpus(articles: int = 3) -> Corpus:
+    data = json.loads(SQUAD.read_text())["data"][:articles]
+    contexts = [(a["title"].replace("_", " "), [p["context"] for p in a["paragraphs"]]) for a in data]
+    questions = [qa["question"] for a in data for p in a["paragraphs"] for qa in p["qas"]]
+    return Corpus(contexts=contexts, questions=questions)
+
+
+@dataclass
+class Account:
+    user: Any
+    plan: Any
+    session: str
+    conversations: list[int] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _throwaway_account(corpus: Corpus) -> Iterator[Account]:
+    """A user on an unlimited plan with the corpus as ready documents; everything it made is deleted after."""
+    from django.test import Client
+    from django.utils import timezone
+
+    from accounts.models import User
+    from billing.models import ModelPrice, Plan, Subscription, UsageRecord
+    from billing.periods import period_containing
+    from billing.seeds import seed_catalog
+
+    if not ModelPrice.objects.filter(model="gpt-4o-mini").exists():
+        seed_catalog()
+    tag = uuid.uuid4().hex[:8]
+    user = User.objects.create_user(email=f"bench-{tag}@example.invalid", password=None)
+    plan = Plan.objects.create(slug=f"bench-{tag}", name=f"Bench {tag}", monthly_price=0, is_active=False,
+                               chat_models=["gpt-4o-mini"])
+    now = timezone.now()
+    start, end = period_containing(anchor=now, moment=now)
+    Subscription.objects.update_or_create(user=user, defaults={
+        "plan": plan, "period_anchor": now, "current_period_start": start, "current_period_end": end})
+    try:
+        for title, paragraphs in corpus.contexts:
+            _ready_document(owner=user, title=title, texts=paragraphs)
+        client = Client()
+        client.force_login(user)
+        yield Account(user=user, plan=plan, session=client.cookies["sessionid"].value)
+    finally:
+        UsageRecord.objects.filter(user=user).delete()
+        user.delete()
+        plan.delete()
+
+
+def _ready_document(*, owner: Any, title: str, texts: list[str]) -> None:
+    """A document as ingestion leaves it (one chunk per paragraph), without going through the ingest queue."""
+    import hashlib
+
+    from documents.embedding import get_embedder
+    from documents.ingestion.types import Kind
+    from documents.models import Chunk, Document
+
+    embedder = get_embedder()
+    body = "\n\n".join(texts).encode()
+    document = Document.objects.create(
+        owner=owner, title=title, filename=f"{title}.txt", content_type="text/plain", kind=Kind.TEXT,
+        size_bytes=len(body), sha256=hashlib.sha256(body).hexdigest(), file=f"documents/{owner.id}/bench",
+        status=Document.Status.READY, chunk_count=len(texts), embedding_model=embedder.model,
+    )
+    vectors = embedder.embed_documents(texts).vectors
+    Chunk.objects.bulk_create([
+        Chunk(document=document, owner=owner, ordinal=i, text=text, token_count=embedder.count_tokens(text),
+              embedding=vectors[i].tolist())
+        for i, text in enumerate(texts)
+    ])
+
+
+class Stack:
+    """The fake model, uvicorn and one llm worker as subprocesses sharing the dev database."""
+
+    worker_loglevel = "WARNING"
+
+    def __init__(self) -> None:
+        self.redis_db = int(os.environ.get("CHAT_BENCH_REDIS_DB", "12"))
+        self.fake_port, self.web_port = _free_port(), _free_port()
+        self.processes: list[subprocess.Popen] = []
+        self.names: dict[int, str] = {}
+        self.env = {
+            **os.environ,
+            "REDIS_URL": f"redis://127.0.0.1:6379/{self.redis_db}",
+            "LLM_PROVIDER": "openai",
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{self.fake_port}/v1",
+            "OPENAI_API_KEY": "bench",
+            "LLM_MODEL": "gpt-4o-mini",
+            "BILLING_LIMITER_KEY_PREFIX": "bench:chat:lim:",
+            "LOG_LEVEL": "WARNING",
+            "DEBUG": "0",
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        self.env.pop("PYTEST_VERSION", None)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    @property
+    def fake_url(self) -> str:
+        return f"http://127.0.0.1:{self.fake_port}/v1"
+
+    def _spawn(self, command: list[str], log: str) -> subprocess.Popen:
+        out = open(Path(os.environ.get("DATA_DIR", ROOT / "var")) / f"bench-{log}.log", "w")  # noqa: SIM115
+        process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        self.processes.append(process)
+        self.names[process.pid] = log
+        return process
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far by each running subprocess (user + system)."""
+        import psutil
+
+        used = {}
+        for process in self.processes:
+            with contextlib.suppress(psutil.Error):
+                times = psutil.Process(process.pid).cpu_times()
+                used[self.names[process.pid]] = times.user + times.system
+        return used
+
+    def start_fake(self) -> None:
+        fake = self._spawn([sys.executable, "-m", "config.testing.fake_openai", "--port", str(self.fake_port),
+                            "--tokens", "20", "--log-level", "WARNING"], "fake")
+        _wait_port(self.fake_port, fake)
+
+    def start_app(self) -> None:
+        web = self._spawn([sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
+                           "--port", str(self.web_port), "--no-access-log", "--log-level", "warning",
+                           "--backlog", "4096"], "web")
+        self._spawn([sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "llm", "-P", "threads",
+                     "-c", "200", "--prefetch-multiplier", "1", "-n", f"bench-llm-{self.web_port}@%h",
+                     "--without-gossip", "--without-mingle", "--loglevel", self.worker_loglevel], "llm")
+        _wait_port(self.web_port, web)
+
+    def start_sync_baseline(self, threads: int) -> None:
+        web = self._spawn([sys.executable, "-m", "chat.benchmarks", "sync-baseline", str(self.web_port),
+                           str(threads)], "sync")
+        _wait_port(self.web_port, web)
+
+    def stop(self, *, keep_fake: bool = False) -> None:
+        keep = self.processes[:1] if keep_fake else []
+        for process in self.processes:
+            if process in keep or process.poll() is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            if process in keep:
+                continue
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(5)
+        self.processes = keep
+        if not keep_fake:
+            self._clean_redis()
+
+    def _clean_redis(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(self.env["REDIS_URL"])
+        for pattern in ("docent:chat:*", "bench:chat:lim:*", "docent:workers:*"):
+            for key in client.scan_iter(match=pattern, count=1000):
+                client.unlink(key)
+        client.delete("llm", "celery")
+        client.close()
+
+
+async def _socket(stack: Stack, account: Account, conversation_id: int):
+    from websockets.asyncio.client import connect
+
+    return await connect(f"ws://127.0.0.1:{stack.web_port}/ws/chat/{conversation_id}/",
+                         additional_headers={"Cookie": f"sessionid={account.session}"}, origin=stack.base_url,
+                         open_timeout=30, max_size=None)
+
+
+@dataclass
+class AskResult:
+    message_id: int = 0
+    sent_at: float = 0.0
+    first_token_at: float | None = None
+    token_times: list[float] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)
+    done_at: float | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+async def _ask(ws, question: str) -> AskResult:
+    result = AskResult()
+    result.sent_at = time.perf_counter()
+    await ws.send(json.dumps({"type": "ask", "message": question}))
+    async for raw in ws:
+        now = time.perf_counter()
+        event = json.loads(raw)
+        if "seq" in event:
+            result.seqs.append(event["seq"])
+        if event["type"] == "start":
+            result.message_id = event["message_id"]
+        elif event["type"] == "token":
+            result.first_token_at = result.first_token_at or now
+            result.token_times.append(now)
+        elif event["type"] == "error":
+            result.error = f"{event.get('code')}: {event.get('message')}"
+            if "message_id" not in event:
+                return result
+        elif event["type"] == "done":
+            result.done_at, result.finish_reason = now, event["finish_reason"]
+            return result
+    result.error = result.error or "socket closed"
+    return result
+
+
+async def _direct_first_tokens(stack: Stack, messages_list: list[list[dict]], extra: str = "") -> list[list[float]]:
+    """Token arrival times (relative to sending) reading the fake model directly with the official client."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=stack.fake_url, api_key="bench", max_retries=0)
+    runs = []
+    for messages in messages_list:
+        started = time.perf_counter()
+        stream = await client.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True,
+                                                      stream_options={"include_usage": True}, max_tokens=1024)
+        arrivals = []
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals.append(time.perf_counter() - started)
+        runs.append(arrivals)
+    await client.close()
+    return runs
+
+
+def _prompt_for(account: Account, question: str) -> list[dict]:
+    from chat.prompting import build_prompt
+    from documents.selectors import chunk_search
+
+    hits = chunk_search(user=account.user, query=question, k=8).hits
+    return build_prompt(question=question, hits=hits, history=[], budget=8000, context_budget=3000).messages
+
+
+def _new_conversations(account: Account, count: int) -> list[int]:
+    from chat.services import conversation_create
+
+    return [conversation_create(user=account.user, title=f"bench {i}").id for i in range(count)]
+
+
+@benchmark("chat.ttft")
+def chat_ttft() -> list[Row]:
+    from chat.models import Message
+
+    corpus = _corpus()
+    stack = Stack()
+    try:
+        stack.start_fake()
+        stack.start_app()
+        with _throwaway_account(corpus) as account:
+            questions = [corpus.questions[i % len(corpus.questions)] for i in range(TTFT_REQUESTS)]
+            marker = f" [[fake:tokens=50,token_ms={PER_TOKEN_MS}]]"
+            paced = [q + marker for q in corpus.questions[:PER_TOKEN_REQUESTS]]
+            conversations = _new_conversations(account, 20 + TTFT_REQUESTS + PER_TOKEN_REQUESTS)
+
+            async def run() -> tuple[list[AskResult], list[AskResult]]:
+                sockets = [await _socket(stack, account, cid) for cid in conversations]
+                for ws, question in zip(sockets[:20], corpus.questions[-20:], strict=True):
+                    await _ask(ws, question)  # warm-up: clients, embedder, connections
+                timed, per_token = [], []
+                for ws, question in zip(sockets[20:20 + TTFT_REQUESTS], questions, strict=True):
+                    timed.append(await _ask(ws, question))
+                for ws, question in zip(sockets[20 + TTFT_REQUESTS:], paced, strict=True):
+                    per_token.append(await _ask(ws, question))
+                for ws in sockets:
+                    await ws.close()
+                return timed, per_token
+
+            timed, per_token = asyncio.run(run())
+            failures = [r.error for r in timed + per_token if r.error or r.finish_reason != "stop"]
+            if failures:
+                raise RuntimeError(f"{len(failures)} answers failed, e.g. {failures[0]}")
+            retrieval = dict(Message.objects.filter(id__in=[r.message_id for r in timed])
+                             .values_list("id", "retrieval_ms"))
+            prompts = [_prompt_for(account, q) for q in questions[:50]]
+            direct = asyncio.run(_direct_first_tokens(stack, prompts))
+            paced_prompts = [_prompt_for(account, q) for q in paced]
+            direct_paced = asyncio.run(_direct_first_tokens(stack, paced_prompts))
+    finally:
+        stack.stop()
+
+    model_ttft = statistics.median(run[0] for run in direct) * 1000
+    added = [(r.first_token_at - r.sent_at) * 1000 - model_ttft for r in timed]
+    retrieval_ms = [float(retrieval[r.message_id] or 0) for r in timed]
+    transport = [a - b for a, b in zip(added, retrieval_ms, strict=True)]
+
+    def lateness(arrivals: list[float]) -> list[float]:
+        return [(t - arrivals[0]) * 1000 - i * PER_TOKEN_MS for i, t in enumerate(arrivals)][1:]
+
+    system_late = [x for r in per_token for x in lateness(r.token_times)]
+    direct_late = [x for run in direct_paced for x in lateness(run)]
+    per_token_added = [s - statistics.median(direct_late) for s in system_late]
+    name = "chat.ttft"
+    note = f"{TTFT_REQUESTS} questions one at a time; model TTFT {model_ttft:.1f} ms subtracted"
+    return [
+        Row(name, "transport added TTFT p50", _percentile(transport, 50), "ms", target="<= 10", note=note),
+        Row(name, "transport added TTFT p99", _percentile(transport, 99), "ms", target="<= 30"),
+        Row(name, "retrieval p50", _percentile(retrieval_ms, 50), "ms", target="<= 30",
+            note="local embedder + hybrid search, timed in the worker"),
+        Row(name, "retrieval p99", _percentile(retrieval_ms, 99), "ms"),
+        Row(name, "total added TTFT p50", _percentile(added, 50), "ms"),
+        Row(name, "model TTFT (direct) p50", model_ttft, "ms", note="the fake model read directly"),
+        Row(name, "added per-token latency p50", _percentile(per_token_added, 50), "ms", target="<= 1",
+            note=f"{PER_TOKEN_REQUESTS} answers x 50 tokens {PER_TOKEN_MS} ms apart, vs reading the model directly"),
+        Row(name, "added per-token latency p99", _percentile(per_token_added, 99), "ms"),
+    ]
+
+
+async def _page_poller(url: str, cookies: dict[str, str], stop: asyncio.Event) -> list[float]:
+    import httpx
+
+    latencies = []
+    async with httpx.AsyncClient(cookies=cookies, timeout=120) as client:
+        while not stop.is_set():
+            started = time.perf_counter()
+            response = await client.get(url)
+            latencies.append((time.perf_counter() - started) * 1000)
+            if response.status_code != 200:
+                raise RuntimeError(f"{url} answered {response.status_code}")
+            await asyncio.sleep(0.05)
+    return latencies
+
+
+@dataclass
+class LoadResult:
+    durations: list[float]  # seconds per chat
+    tokens: list[int]
+    failures: list[str]
+    page_ms: list[float]
+    wall: float
+    cpu: dict[str, float] = field(default_factory=dict)  # seconds of CPU per process during the load
+
+    def cpu_note(self) -> str:
+        return ", ".join(f"{name} {seconds:.1f}" for name, seconds in sorted(self.cpu.items()))
+
+
+def _concurrent_ws_load(stack: Stack, account: Account, conversations: list[int], question: str) -> LoadResult:
+    async def run() -> LoadResult:
+        gate = asyncio.Semaphore(50)
+
+        async def open_socket(cid: int):
+            async with gate:
+                return await _socket(stack, account, cid)
+
+        sockets = await asyncio.gather(*(open_socket(cid) for cid in conversations))
+        cpu_before = stack.cpu_seconds()
+        stop = asyncio.Event()
+        poller = asyncio.create_task(_page_poller(stack.base_url + PAGE_PATH, {"sessionid": account.session}, stop))
+        await asyncio.sleep(0.5)
+        started = time.perf_counter()
+        results = await asyncio.gather(*(_ask(ws, question) for ws in sockets))
+        wall = time.perf_counter() - started
+        stop.set()
+        page_ms = await poller
+        await asyncio.gather(*(ws.close() for ws in sockets))
+        failures = []
+        for r in results:
+            gapless = r.seqs == list(range(1, len(r.seqs) + 1))
+            if r.error or r.finish_reason != "stop" or not gapless:
+                failures.append(r.error or f"finish {r.finish_reason}, gapless {gapless}")
+        cpu = {name: seconds - cpu_before.get(name, 0.0) for name, seconds in stack.cpu_seconds().items()}
+        return LoadResult(durations=[(r.done_at or time.perf_counter()) - r.sent_at for r in results],
+                          tokens=[len(r.token_times) for r in results], failures=failures, page_ms=page_ms, wall=wall,
+                          cpu=cpu)
+
+    return asyncio.run(run())
+
+
+def _concurrent_sync_load(stack: Stack, account: Account, question: str) -> LoadResult:
+    import httpx
+
+    async def run() -> LoadResult:
+        limits = httpx.Limits(max_connections=CONCURRENT_CHATS + 10, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=stack.base_url, timeout=1200, limits=limits) as client:
+            stop = asyncio.Event()
+            poller = asyncio.create_task(
+                _page_poller(stack.base_url + PAGE_PATH, {"sessionid": account.session}, stop))
+            await asyncio.sleep(0.5)
+            cpu_before = stack.cpu_seconds()
+
+            async def one() -> tuple[float, int, str | None]:
+                started = time.perf_counter()
+                response = await client.post("/bench/ask", json={"user_id": account.user.id, "message": question})
+                elapsed = time.perf_counter() - started
+                if response.status_code != 200:
+                    return elapsed, 0, f"HTTP {response.status_code}"
+                return elapsed, response.json()["tokens"], None
+
+            started = time.perf_counter()
+            results = await asyncio.gather(*(one() for _ in range(CONCURRENT_CHATS)))
+            wall = time.perf_counter() - started
+            stop.set()
+            page_ms = await poller
+            cpu = {name: seconds - cpu_before.get(name, 0.0) for name, seconds in stack.cpu_seconds().items()}
+        return LoadResult(durations=[r[0] for r in results], tokens=[r[1] for r in results],
+                          failures=[r[2] for r in results if r[2]], page_ms=page_ms, wall=wall, cpu=cpu)
+
+    return asyncio.run(run())
+
+
+@benchmark("chat.concurrency")
+def chat_concurrency() -> list[Row]:
+    corpus = _corpus(articles=1)
+    question = (f"{corpus.questions[0]} [[fake:first_token_ms={MODEL_FIRST_TOKEN_MS},"
+                f"token_ms={MODEL_TOKEN_MS},tokens={MODEL_TOKENS}]]")
+    threads = int(os.environ.get("CHAT_BENCH_SYNC_THREADS", "20"))
+    stack = Stack()
+    try:
+        stack.start_fake()
+        with _throwaway_account(corpus) as account:
+            model_alone = asyncio.run(_direct_first_tokens(stack, [_prompt_for(account, question)]))[0][-1]
+            stack.start_app()
+            warm = _new_conversations(account, 10)
+            warm_question = corpus.questions[1]
+            _concurrent_ws_load(stack, account, warm, warm_question)
+            asynced = _concurrent_ws_load(stack, account, _new_conversations(account, CONCURRENT_CHATS), question)
+            stack.stop(keep_fake=True)
+            if threads:
+                stack.web_port = _free_port()
+                stack.start_sync_baseline(threads)
+                synced = _concurrent_sync_load(stack, account, question)
+            else:  # CHAT_BENCH_SYNC_THREADS=0 skips the baseline
+                synced = LoadResult(durations=[float("nan")], tokens=[0], failures=["skipped"], page_ms=[], wall=0)
+    finally:
+        stack.stop()
+
+    name = "chat.concurrency"
+    expected = CONCURRENT_CHATS * MODEL_TOKENS
+    worst = max(asynced.durations) / model_alone
+    worst_sync = max(synced.durations) / model_alone
+    note = (f"{CONCURRENT_CHATS} chats at once, model alone {model_alone:.2f} s; baseline: WSGI view calling the "
+            f"model inline, {threads} threads")
+    return [
+        Row(name, "chats completed", CONCURRENT_CHATS - len(asynced.failures), "chats",
+            baseline=CONCURRENT_CHATS - len(synced.failures), target=f">= {CONCURRENT_CHATS}",
+            note=note + (f"; first failure: {asynced.failures[0]}" if asynced.failures else "")),
+        Row(name, "tokens delivered", sum(asynced.tokens), "tokens", baseline=sum(synced.tokens),
+            target=f">= {expected}"),
+        Row(name, "slowest chat / model alone", worst, "x", baseline=worst_sync, target="<= 1.2"),
+        Row(name, "median chat / model alone", statistics.median(asynced.durations) / model_alone, "x",
+            baseline=statistics.median(synced.durations) / model_alone),
+        Row(name, "all chats wall time", asynced.wall, "s", baseline=synced.wall,
+            note=f"CPU s: {asynced.cpu_note()}; baseline: {synced.cpu_note()}"),
+        Row(name, f"GET {PAGE_PATH} p99 during load", _percentile(asynced.page_ms, 99), "ms",
+            baseline=_percentile(synced.page_ms, 99), target="<= 200",
+            note=f"{len(asynced.page_ms)} page loads (baseline: {len(synced.page_ms)})"),
+        Row(name, f"GET {PAGE_PATH} p50 during load", _percentile(asynced.page_ms, 50), "ms",
+            baseline=_percentile(synced.page_ms, 50)),
+    ]
+
+
+def _sync_baseline_server(port: int, threads: int) -> None:
+    """The synchronous baseline: a threaded WSGI server whose /bench/ask view retrieves, then calls the model
+    inline and answers when it is done; every other path is the Django app (WSGI) itself."""
+    import concurrent.futures
+    import socketserver
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.wsgi import get_wsgi_application
+    from django.db import close_old_connections
+    from openai import OpenAI
+
+    from accounts.models import User
+    from chat.prompting import build_prompt
+    from documents.selectors import chunk_search
+
+    django_app = get_wsgi_application()
+    client = OpenAI(base_url=settings.OPENAI_BASE_URL, api_key="bench", max_retries=0)
+
+    def ask(environ, start_response):
+        close_old_connections()
+        try:
+            body = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
+            user = User.objects.get(id=body["user_id"])
+            hits = chunk_search(user=user, query=body["message"], k=8).hits
+            prompt = build_prompt(question=body["message"], hits=hits, history=[], budget=8000,
+                                  context_budget=3000)
+            tokens, parts = 0, []
+            stream = client.chat.completions.create(model=settings.LLM_MODEL, messages=prompt.messages,
+                                                    stream=True, max_tokens=1024)
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    tokens += 1
+                    parts.append(chunk.choices[0].delta.content)
+        finally:
+            close_old_connections()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"content": "".join(parts), "tokens": tokens}).encode()]
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/bench/ask":
+            return ask(environ, start_response)
+        return django_app(environ, start_response)
+
+    class PooledServer(socketserver.ThreadingMixIn, WSGIServer):
+        """A fixed pool of request threads, like a gthread worker: requests beyond it wait in the queue."""
+
+        daemon_threads = True
+        request_queue_size = 1024
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads)
+
+        def process_request(self, request, client_address):
+            self.pool.submit(self.process_request_thread, request, client_address)
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with make_server("127.0.0.1", port, app, server_class=PooledServer, handler_class=QuietHandler) as server:
+        server.serve_forever()
+
+
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "sync-baseline":
+    _sync_baseline_server(int(sys.argv[2]), int(sys.argv[3]))

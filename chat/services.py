@@ -1,0 +1,672 @@
+"""Asking, answering and cancelling.
+
+The edge (`chat_ask`, from a WebSocket consumer or an API view) validates, reserves the worst-case tokens with
+billing, saves the question and an empty answer, writes the `start` event and enqueues the answer on the `llm`
+queue after commit. It never calls the model. The llm worker (`answer_generate`) claims the answer, retrieves,
+builds the prompt, streams the model's deltas into the answer's Redis event stream, then saves the answer and
+settles the reservation, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Case, F, Value, When
+from django.utils import timezone
+
+from accounts.models import User
+from billing.limiter import LimiterConfig, Limits, Reservation
+from billing.selectors import model_limits
+from billing.services import llm_heartbeat, llm_release, llm_reserve, llm_settle
+from chat import events
+from chat.models import Conversation, Message
+from chat.prompting import (
+    Prompt,
+    Turn,
+    build_prompt,
+    cited_sources,
+    count_tokens,
+    fixed_cost,
+    message_cost,
+    prompt_bound,
+    render_data,
+)
+from chat.providers import AnswerRequest, Completion, ProviderError, get_provider
+from chat.runtime import Runtime, get_runtime
+from chat.selectors import message_get
+from documents.selectors import chunk_search, document_list
+
+logger = logging.getLogger(__name__)
+
+TITLE_CHARS = 80
+HISTORY_MESSAGES = 100
+_FINISH_REASONS = {"stop", "length"}
+
+
+class ChatError(Exception):
+    status_code = 400
+    code = "invalid_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidQuestion(ChatError):
+    code = "invalid_question"
+
+
+class InvalidDocuments(ChatError):
+    code = "invalid_documents"
+
+
+class NotCancellable(ChatError):
+    code = "not_cancellable"
+
+
+def _relaxed_commit() -> None:
+    """Inside a transaction on the first-token path: commit without waiting for the WAL flush (~4 ms here).
+
+    A Postgres crash may then lose the last fraction of a second of such commits, never corrupt anything;
+    the ledger (billing) and the final save of an answer keep synchronous commits."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL synchronous_commit TO OFF")
+
+
+def conversation_create(*, user: User, title: str = "") -> Conversation:
+    return Conversation.objects.create(owner=user, title=title[:TITLE_CHARS])
+
+
+def conversation_delete(*, conversation: Conversation) -> None:
+    """Deletes the conversation and its messages; answers still streaming are cancelled first."""
+    for message_id in conversation.messages.filter(
+        role=Message.Role.ASSISTANT, status__in=[Message.Status.PENDING, Message.Status.STREAMING]
+    ).values_list("id", flat=True):
+        with contextlib.suppress(Exception):
+            message_cancel(user=conversation.owner, message_id=message_id)
+    conversation.delete()
+
+
+def _title(question: str) -> str:
+    line = " ".join(question.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rsplit(" ", 1)[0] + "…"
+
+
+def _document_ids(user: User, document_ids: list[Any] | None) -> list[int]:
+    if not document_ids:
+        return []
+    if not isinstance(document_ids, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in document_ids
+    ):
+        raise InvalidDocuments("document_ids must be a list of document ids.")
+    wanted = sorted(set(document_ids))
+    found = set(document_list(user=user).filter(id__in=wanted).values_list("id", flat=True))
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise InvalidDocuments(f"No such document: {', '.join(map(str, missing))}.")
+    return wanted
+
+
+_RESERVATION_TYPES = {cls.__name__: cls for cls in (Reservation, Limits, LimiterConfig)}
+
+
+def _to_json(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"__type__": type(value).__name__, **fields}
+    if isinstance(value, datetime):
+        return {"__datetime__": value.isoformat()}
+    if isinstance(value, list | tuple):
+        return [_to_json(item) for item in value]
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "__datetime__" in value:
+            return datetime.fromisoformat(value["__datetime__"])
+        cls = _RESERVATION_TYPES[value["__type__"]]
+        return cls(**{name: _from_json(item) for name, item in value.items() if name != "__type__"})
+    if isinstance(value, list):
+        return tuple(_from_json(item) for item in value)
+    return value
+
+
+def reservation_dump(reservation: Reservation) -> dict[str, Any]:
+    """The limiter reservation as JSON, stored on the answer row for the worker that settles it."""
+    return _to_json(reservation)
+
+
+def reservation_load(data: dict[str, Any]) -> Reservation:
+    return _from_json(data)
+
+
+@dataclass(frozen=True)
+class Budget:
+    model: str
+    max_tokens: int
+    prompt_budget: int
+
+
+_LIMITS_TTL_SECONDS = 30.0
+_limits_cache: dict[str, tuple[float, tuple[int, int]]] = {}
+
+
+def _model_limits(model: str) -> tuple[int, int]:
+    # Context windows change when an admin edits a price row: a few seconds of staleness spares a query per ask.
+    cached = _limits_cache.get(model)
+    now = time.monotonic()
+    if cached is None or now - cached[0] > _LIMITS_TTL_SECONDS:
+        cached = (now, model_limits(model=model))
+        _limits_cache[model] = cached
+    return cached[1]
+
+
+def _budget(model: str) -> Budget:
+    window, default_max = _model_limits(model)
+    max_tokens = settings.CHAT_MAX_TOKENS or default_max or 1024
+    # A prompt needs room for at least the system prompt and a short question.
+    floor = fixed_cost(0) + message_cost("user", render_data([])) + 64
+    max_tokens = max(1, min(max_tokens, window - floor))
+    return Budget(model=model, max_tokens=max_tokens,
+                  prompt_budget=min(settings.CHAT_MAX_PROMPT_TOKENS, window - max_tokens))
+
+
+def chat_ask(
+    *,
+    user: User,
+    question: str,
+    conversation: Conversation | None = None,
+    document_ids: list[int] | None = None,
+) -> Message:
+    """Save the question and an empty answer, and have an llm worker answer it. Returns the answer message.
+
+    `conversation` must be the user's (the caller got it through `conversation_get`); None starts a new one.
+    Raises billing's LimitExceeded / ModelNotAllowed before saving anything, InvalidQuestion, InvalidDocuments.
+    """
+    question = (question or "").strip() if isinstance(question, str) else ""
+    if not question:
+        raise InvalidQuestion("Type a question first.")
+    if len(question) > settings.CHAT_MAX_QUESTION_CHARS:
+        raise InvalidQuestion(f"Questions are limited to {settings.CHAT_MAX_QUESTION_CHARS} characters.")
+    chosen = _document_ids(user, document_ids)
+    budget = _budget(settings.LLM_MODEL)
+    question_tokens = count_tokens(question)
+    # The worst case: a new conversation has no history to send; an existing one may fill the whole budget
+    # (counting its history here would cost a query on every ask, and settling corrects the charge anyway).
+    estimate = (
+        prompt_bound(question_tokens=question_tokens, history=[], budget=budget.prompt_budget,
+                     context_budget=settings.CHAT_CONTEXT_TOKENS)
+        if conversation is None
+        else budget.prompt_budget
+    )
+    needed = fixed_cost(question_tokens) + message_cost("user", render_data([]))
+    if needed > budget.prompt_budget:
+        raise InvalidQuestion(f"This question is too long for the model ({needed} prompt tokens; at most "
+                              f"{budget.prompt_budget}).")
+    request_id = f"chat-{uuid.uuid4().hex}"
+    reservation = llm_reserve(user=user, model=budget.model, prompt_tokens=estimate, max_tokens=budget.max_tokens,
+                              request_id=request_id, stream=True)
+    try:
+        with transaction.atomic():
+            _relaxed_commit()
+            if conversation is None:
+                conversation = Conversation.objects.create(owner=user, title=_title(question))
+            asked = Message(conversation=conversation, role=Message.Role.USER, content=question,
+                            content_tokens=question_tokens, status=Message.Status.DONE)
+            answer = Message(
+                conversation=conversation,
+                role=Message.Role.ASSISTANT,
+                status=Message.Status.PENDING,
+                document_ids=chosen,
+                model=budget.model,
+                max_tokens=budget.max_tokens,
+                prompt_budget=estimate,
+                request_id=request_id,
+                reservation=reservation_dump(reservation),
+            )
+            Message.objects.bulk_create([asked, answer])  # one round trip for both rows
+            transaction.on_commit(lambda: _dispatch(answer))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            llm_release(reservation=reservation)
+        raise
+    return answer
+
+
+def _dispatch(answer: Message) -> None:
+    from chat.tasks import generate_answer
+
+    try:
+        # `start` goes in before the task exists, so the worker's first token can never precede it.
+        events.append(answer.id, [events.start_event(answer)])
+        generate_answer.delay(answer.id)
+    except Exception:
+        logger.exception("could not enqueue answer %s", answer.id)
+        with contextlib.suppress(Exception):
+            _finish_without_tokens(answer.id, error=("unavailable", "The answer could not be queued; try again."))
+
+
+def message_cancel(*, user: User, message_id: int) -> Message:
+    """Stop an answer: the worker closes the model's stream within a second and keeps the partial text.
+
+    An answer no worker has claimed yet is finished here; a finished one is returned unchanged."""
+    message = message_get(user=user, message_id=message_id)
+    if message.role != Message.Role.ASSISTANT:
+        raise NotCancellable("Only answers can be cancelled.")
+    if message.status == Message.Status.PENDING:
+        finished = _finish_without_tokens(message.id, cancelled=True)
+        if finished is not None:
+            return finished
+        message.refresh_from_db()
+    if message.status == Message.Status.STREAMING:
+        events.request_cancel(message.id)
+    return message
+
+
+def _finish_without_tokens(
+    message_id: int, *, cancelled: bool = False, error: tuple[str, str] | None = None
+) -> Message | None:
+    """Finish a still-pending answer (never claimed by a worker) and release its reservation."""
+    now = timezone.now()
+    last_seq = 1 + (3 if error else 2)  # after `start`: [error,] citations, done
+    updated = Message.objects.filter(id=message_id, status=Message.Status.PENDING).update(
+        status=Message.Status.DONE,
+        finish_reason=Message.FinishReason.CANCELLED if cancelled else Message.FinishReason.ERROR,
+        error_code=error[0] if error else "",
+        error_message=error[1] if error else "",
+        last_seq=last_seq,
+        completed_at=now,
+    )
+    if not updated:
+        return None
+    message = Message.objects.get(id=message_id)
+    if message.reservation:
+        with contextlib.suppress(Exception):
+            llm_release(reservation=reservation_load(message.reservation))
+    events.append(message.id, events.closing_events(message), final=True)
+    return message
+
+
+@dataclass
+class Job:
+    message_id: int
+    owner: User
+    conversation_id: int
+    model: str
+    max_tokens: int
+    question: str
+    prompt: Prompt
+    reservation: Reservation
+    request_id: str
+    created_at: float  # epoch seconds of the answer row, the start of every latency
+    retrieval_ms: int = 0
+
+
+@dataclass
+class Outcome:
+    text: str = ""
+    seq: int = 1  # last event written
+    first_token_at: float | None = None
+    cancelled: bool = False
+    error: ProviderError | None = None
+    completion: Completion = dataclasses.field(default_factory=Completion)
+
+
+def answer_generate(*, message_id: int) -> None:
+    """Answer one pending message (the Celery task's body; safe to run twice)."""
+    runtime = get_runtime()
+    runtime.run(_generate(runtime, message_id))
+
+
+async def _generate(runtime: Runtime, message_id: int) -> None:
+    entered = time.time()
+    job = await _prepare(runtime, message_id)
+    if job is None:
+        return
+    prepared = time.time()
+    stream = asyncio.get_running_loop().create_task(_stream(runtime, job))
+    runtime.track(message_id, stream)
+    # Recorded while the model starts, for the answer's row and for recovering it after a worker crash.
+    record = asyncio.get_running_loop().create_task(runtime.db(
+        Message.objects.filter(id=message_id).update,
+        prompt_tokens=job.prompt.prompt_tokens, retrieval_ms=job.retrieval_ms,
+    ))
+    try:
+        if await runtime.check_cancelled(message_id):
+            stream.cancel()
+        # The first beat at once: the answer may have waited in the queue for most of its slot's lifetime.
+        while not stream.done():
+            try:
+                if not await runtime.db(llm_heartbeat, reservation=job.reservation):
+                    logger.warning("answer %s outlived its concurrency slot", message_id)
+            except Exception:
+                logger.warning("slot heartbeat failed for answer %s", message_id, exc_info=True)
+            await asyncio.wait({stream}, timeout=settings.CHAT_SLOT_HEARTBEAT_SECONDS)
+    finally:
+        runtime.untrack(message_id)
+    with contextlib.suppress(Exception):
+        await record
+    outcome = Outcome(cancelled=True) if stream.cancelled() else stream.result()
+    if outcome.first_token_at is not None:
+        logger.debug("answer %s: queued %.1f ms, prepared in %.1f ms (retrieval %s ms), first token %.1f ms later",
+                     message_id, (entered - job.created_at) * 1000, (prepared - entered) * 1000,
+                     job.retrieval_ms, (outcome.first_token_at - prepared) * 1000)
+    try:
+        await runtime.db(_answer_finish, job, outcome)
+    except Exception:
+        logger.exception("could not save answer %s", message_id)
+        _close_unsaved(job, outcome)
+
+
+async def _prepare(runtime: Runtime, message_id: int) -> Job | None:
+    """Claim the answer, search and build the prompt. The search starts before the claim and runs beside it
+    (and beside reading the history): it needs only the question, and it is the slow part."""
+    head = await runtime.db(_answer_head, message_id)
+    if head is None:
+        return None
+    answer, question, owner = head
+    retrieval = None
+    if question is not None and answer.status == Message.Status.PENDING:
+        retrieval = asyncio.get_running_loop().create_task(
+            runtime.db(_retrieve, owner, question.content, answer.document_ids)
+        )
+    turns = await runtime.db(_answer_claim, answer, question)
+    if turns is None:
+        if retrieval is not None:
+            with contextlib.suppress(Exception):
+                await retrieval
+        return None
+    try:
+        if retrieval is None:
+            raise InvalidQuestion("The question of this answer is missing.")
+        hits, retrieval_ms = await retrieval
+        prompt = await runtime.db(
+            build_prompt, question=question.content, hits=hits, history=turns,
+            budget=answer.prompt_budget or settings.CHAT_MAX_PROMPT_TOKENS,
+            context_budget=settings.CHAT_CONTEXT_TOKENS, question_tokens=question.content_tokens,
+        )
+    except Exception as exc:
+        logger.exception("could not prepare answer %s", message_id)
+        await runtime.db(_answer_fail_before_stream, answer, code="retrieval_failed",
+                         text=f"Searching your documents failed; please try again. ({exc})")
+        return None
+    return Job(
+        message_id=answer.id,
+        owner=owner,
+        conversation_id=answer.conversation_id,
+        model=answer.model,
+        max_tokens=answer.max_tokens,
+        question=question.content,
+        prompt=prompt,
+        reservation=reservation_load(answer.reservation),
+        request_id=answer.request_id,
+        created_at=answer.created_at.timestamp(),
+        retrieval_ms=retrieval_ms,
+    )
+
+
+def _close_unsaved(job: Job, outcome: Outcome) -> None:
+    """The answer could not be saved: still end its stream, so that nobody waits forever."""
+    with contextlib.suppress(Exception):
+        seq = outcome.seq
+        closing = [events.event(seq + 1, "error", message_id=job.message_id, code="save_failed",
+                                message="The answer could not be saved; please ask again."),
+                   events.event(seq + 2, "citations", message_id=job.message_id, citations=[]),
+                   events.event(seq + 3, "done", message_id=job.message_id, finish_reason="error",
+                                usage={"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": "0"},
+                                content=outcome.text)]
+        events.append(job.message_id, closing, final=True)
+
+
+async def _stream(runtime: Runtime, job: Job) -> Outcome:
+    outcome = Outcome()
+    writer = events.EventWriter(job.message_id)
+    parts: list[str] = []
+    seq = 1
+    request = AnswerRequest(model=job.model, messages=job.prompt.messages, max_tokens=job.max_tokens,
+                            question=job.question, sources=job.prompt.sources)
+    try:
+        provider = get_provider()
+        async with contextlib.aclosing(provider.stream(request, outcome.completion)) as deltas:
+            async for text in deltas:
+                if outcome.first_token_at is None:
+                    outcome.first_token_at = time.time()
+                seq += 1
+                parts.append(text)
+                writer.add(events.event(seq, "token", message_id=job.message_id, text=text))
+    except asyncio.CancelledError:
+        outcome.cancelled = True
+    except ProviderError as exc:
+        outcome.error = exc
+    except Exception as exc:
+        logger.exception("provider failed for answer %s", job.message_id)
+        outcome.error = ProviderError("provider_error", f"The language model failed: {exc}")
+    finally:
+        runtime.untrack(job.message_id)
+    outcome.text, outcome.seq = "".join(parts), seq
+    while True:
+        try:
+            await writer.drain()
+            break
+        except asyncio.CancelledError:
+            continue  # a cancel that raced the end of the stream: the answer is already complete
+        except Exception as exc:
+            logger.exception("could not write events of answer %s", job.message_id)
+            outcome.error = outcome.error or ProviderError("unavailable", f"The answer could not be delivered: {exc}")
+            break
+    return outcome
+
+
+_HEAD_SQL = """
+SELECT m.*, c.owner_id AS owner_id
+FROM {message} m JOIN {conversation} c ON c.id = m.conversation_id
+WHERE m.conversation_id = (SELECT conversation_id FROM {message} WHERE id = %s) AND m.id <= %s
+ORDER BY m.id DESC
+LIMIT 2
+"""
+
+
+def _answer_head(message_id: int) -> tuple[Message, Message | None, User] | None:
+    """The answer, the question before it and their owner. Hand-written SQL: compiling the equivalent
+    queryset costs more CPU than running it, for every answer of a busy worker."""
+    sql = _HEAD_SQL.format(message=Message._meta.db_table, conversation=Conversation._meta.db_table)
+    rows = list(Message.objects.raw(sql, [message_id, message_id]))
+    if not rows or rows[0].id != message_id or rows[0].role != Message.Role.ASSISTANT:
+        return None
+    question = rows[1] if len(rows) > 1 and rows[1].role == Message.Role.USER else None
+    owner = User.objects.get(pk=rows[0].owner_id)
+    return rows[0], question, owner
+
+
+def _answer_claim(answer: Message, question: Message | None) -> list[Turn] | None:
+    """Take the answer (pending -> streaming) and read the history before its question; None when a cancel
+    or another delivery of the task got there first."""
+    with transaction.atomic():
+        _relaxed_commit()
+        claimed = Message.objects.filter(id=answer.id, status=Message.Status.PENDING).update(
+            status=Message.Status.STREAMING
+        )
+    if not claimed:
+        current = Message.objects.select_related("conversation__owner").filter(id=answer.id).first()
+        if current is not None and current.status == Message.Status.STREAMING:
+            _answer_interrupted(current)  # redelivered: the worker that claimed it died mid-stream
+        return None
+    if question is None:
+        return []
+    recent = list(
+        Message.objects.filter(conversation_id=answer.conversation_id, id__lt=question.id)
+        .only("id", "role", "content", "content_tokens", "status")
+        .order_by("-id")[:HISTORY_MESSAGES]
+    )
+    return [
+        Turn(role=m.role, content=m.content, tokens=m.content_tokens)
+        for m in reversed(recent)
+        if m.status == Message.Status.DONE and m.content
+    ]
+
+
+def _retrieve(owner: User, question: str, document_ids: list[int]) -> tuple[list[Any], int]:
+    started = time.perf_counter()
+    result = chunk_search(user=owner, query=question, k=settings.CHAT_RETRIEVAL_K, document_ids=document_ids or None)
+    return result.hits, round((time.perf_counter() - started) * 1000)
+
+
+def _answer_fail_before_stream(message: Message, *, code: str, text: str) -> None:
+    with contextlib.suppress(Exception):
+        llm_release(reservation=reservation_load(message.reservation))
+    _answer_save(message, content="", finish_reason=Message.FinishReason.ERROR, error=(code, text), citations=[],
+                 prompt_tokens=0, completion_tokens=0, cost=Decimal(0), seq=1)
+
+
+def _answer_interrupted(message: Message) -> None:
+    key = events.stream_key(message.id)
+    entries = events.redis_client().xrange(key)
+    parts, seq = [], 1
+    for entry_id, fields in entries:
+        seq = int(entry_id.split(b"-", 1)[0])
+        if fields[b"t"] == b"token":
+            parts.append(json.loads(fields[b"e"])["text"])
+        elif fields[b"t"] == b"done":
+            return  # it did finish; only the save was lost
+    text = "".join(parts)
+    reservation = reservation_load(message.reservation)
+    cost = Decimal(0)
+    completion_tokens = count_tokens(text) if text else 0
+    try:
+        if text:
+            record = llm_settle(reservation=reservation, user=message.conversation.owner, model=message.model,
+                                prompt_tokens=message.prompt_tokens, completion_tokens=completion_tokens,
+                                latency_ms=0, request_id=message.request_id, message_id=message.id, kind="chat")
+            cost = record.cost
+        else:
+            llm_release(reservation=reservation)
+    except Exception:
+        logger.exception("could not settle interrupted answer %s", message.id)
+    _answer_save(message, content=text, finish_reason=Message.FinishReason.ERROR,
+                 error=("interrupted", "The answer was interrupted by a server restart; please ask again."),
+                 citations=[], prompt_tokens=message.prompt_tokens if text else 0,
+                 completion_tokens=completion_tokens, cost=cost, seq=seq)
+
+
+def _answer_finish(job: Job, outcome: Outcome) -> None:
+    text = outcome.text
+    usage = outcome.completion.usage
+    prompt_tokens = usage.prompt_tokens if usage else job.prompt.prompt_tokens
+    completion_tokens = usage.completion_tokens if usage else count_tokens(text)
+    finished_at = time.time()
+    total_ms = round((finished_at - job.created_at) * 1000)
+    cost = Decimal(0)
+    try:
+        if text or usage:
+            record = llm_settle(reservation=job.reservation, user=job.owner, model=job.model,
+                                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                latency_ms=total_ms, request_id=job.request_id, message_id=job.message_id,
+                                kind="chat")
+            cost = record.cost
+        else:
+            # Nothing was generated (cancelled or failed before the first token): nothing is charged.
+            prompt_tokens = completion_tokens = 0
+            llm_release(reservation=job.reservation)
+    except Exception:
+        logger.exception("could not settle answer %s", job.message_id)
+    if outcome.cancelled:
+        finish_reason = Message.FinishReason.CANCELLED
+    elif outcome.error is not None:
+        finish_reason = Message.FinishReason.ERROR
+    else:
+        reported = outcome.completion.finish_reason or "stop"
+        finish_reason = reported if reported in _FINISH_REASONS else Message.FinishReason.STOP
+    error = (outcome.error.code, outcome.error.message) if outcome.error is not None and not outcome.cancelled else None
+    citations = [source.citation() for source in cited_sources(text, job.prompt.sources)] if text else []
+    _answer_save(
+        Message(id=job.message_id, conversation_id=job.conversation_id, model=job.model),
+        question=job.question,
+        content=text,
+        finish_reason=finish_reason,
+        error=error,
+        citations=citations,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost=cost,
+        seq=outcome.seq,
+        first_token_ms=(
+            round((outcome.first_token_at - job.created_at) * 1000) if outcome.first_token_at else None
+        ),
+        total_ms=total_ms,
+    )
+
+
+_ANSWER_FIELDS = [
+    "content", "content_tokens", "status", "finish_reason", "error_code", "error_message", "citations",
+    "prompt_tokens", "completion_tokens", "cost_usd", "first_token_ms", "total_ms", "last_seq", "completed_at",
+]
+
+
+def _answer_save(
+    message: Message,
+    *,
+    question: str = "",
+    content: str,
+    finish_reason: str,
+    error: tuple[str, str] | None,
+    citations: list[dict[str, Any]],
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost: Decimal,
+    seq: int,
+    first_token_ms: int | None = None,
+    total_ms: int | None = None,
+) -> None:
+    message.content = content
+    # Counted with the same tokenizer as the prompt budget, whatever the provider reported.
+    message.content_tokens = count_tokens(content) if content else 0
+    message.status = Message.Status.DONE
+    message.finish_reason = finish_reason
+    message.error_code, message.error_message = error or ("", "")
+    message.citations = citations
+    message.prompt_tokens = prompt_tokens
+    message.completion_tokens = completion_tokens
+    message.cost_usd = cost
+    message.first_token_ms = first_token_ms
+    message.total_ms = total_ms
+    message.last_seq = seq + (3 if error else 2)
+    message.completed_at = timezone.now()
+    if not Message.objects.filter(pk=message.pk).update(**{name: getattr(message, name) for name in _ANSWER_FIELDS}):
+        return  # deleted with its conversation meanwhile; the usage was billed all the same
+    # Off the first-token path: the conversation's recency, and a title for one started without.
+    Conversation.objects.filter(pk=message.conversation_id).update(
+        updated_at=message.completed_at,
+        title=Case(When(title="", then=Value(_title(question))), default=F("title")) if question else F("title"),
+    )
+    # The database first: a reader that sees `done` and then reads the message finds it saved.
+    events.append(message.id, events.closing_events(message), final=True)
+
+
+def warm_up() -> None:
+    """Start the worker runtime and build the process-wide clients and models ahead of the first answer."""
+    runtime = get_runtime()
+
+    async def touch() -> None:
+        get_provider()
+        await events.async_redis().ping()
+
+    try:
+        runtime.run(touch())
+        from documents.embedding import get_embedder
+
+        runtime.db_executor.submit(lambda: get_embedder().embed_query("warm up")).result()
+    except Exception:
+        logger.warning("warming up the llm worker failed", exc_info=True)

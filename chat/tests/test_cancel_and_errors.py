@@ -1,0 +1,235 @@
+"""Stop, provider failures and plan limits, over the real path (ASGI app, llm worker, Redis, fake model)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from billing.limiter import LimitExceeded
+from billing.models import UsageRecord
+from chat import events
+from chat.models import Message
+from chat.prompting import count_tokens
+from chat.services import chat_ask, conversation_create, message_cancel
+from chat.tests.conftest import ChatSocket, api_key, sse_events
+from chat.tests.factories import chat_user
+
+ANSWER = "The boiler must be serviced once a year by a certified engineer, says the manual."
+
+
+def token_text(received: list[dict]) -> str:
+    return "".join(event["text"] for event in received if event["type"] == "token")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ws_cancel_stops_the_model_within_a_second_and_bills_only_generated_tokens(live, llm) -> None:
+    user = chat_user()
+    conversation = conversation_create(user=user)
+    llm.configure(tokens=400, token_ms=20)
+
+    with ChatSocket(live, conversation.id, user) as socket:
+        socket.send(type="ask", message="Go on and on.")
+        head = [socket.recv() for _ in range(6)]
+        cancelled_at = time.monotonic()
+        socket.send(type="cancel")
+        rest = socket.until("done", timeout=5)
+        done_at = time.monotonic()
+
+    done = rest[-1]
+    assert done["finish_reason"] == "cancelled"
+    assert done_at - cancelled_at < 1.0
+    llm.wait_until(lambda: llm.cancelled, timeout=2)
+    upstream = llm.cancelled[0]
+    sent = upstream.tokens_sent
+    time.sleep(0.2)
+    assert upstream.tokens_sent == sent < 400  # the model stopped, it is not generating into the void
+    text = token_text(head + rest)
+    assert done["content"] == text
+    message = Message.objects.get(id=head[0]["message_id"])
+    record = UsageRecord.objects.get(request_id=message.request_id)
+    assert record.completion_tokens == message.completion_tokens == count_tokens(text)
+    assert 5 <= message.completion_tokens < 400
+    assert record.prompt_tokens == upstream.prompt_tokens  # counted locally: no usage chunk after a cancel
+    assert message.content == text and message.finish_reason == "cancelled"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_api_cancel_stops_an_answer_streaming_over_sse(live, llm) -> None:
+    user = chat_user()
+    key = api_key(user)
+    llm.configure(tokens=400, token_ms=20)
+
+    with httpx.stream("POST", f"{live}/api/v1/chat/", json={"message": "Go on."}, timeout=10,
+                      headers={"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}) as response:
+        lines = response.iter_lines()
+        head = sse_events(lines, stop_after=4)
+        message_id = head[0]["data"]["message_id"]
+        cancel = httpx.post(f"{live}/api/v1/chat/messages/{message_id}/cancel",
+                            headers={"Authorization": f"Bearer {key}"}, timeout=5)
+        rest = sse_events(lines)
+
+    assert cancel.status_code == 202
+    assert rest[-1]["event"] == "done" and rest[-1]["data"]["finish_reason"] == "cancelled"
+    llm.wait_until(lambda: llm.cancelled, timeout=2)
+    assert llm.cancelled[0].tokens_sent < 400
+    assert Message.objects.get(id=message_id).finish_reason == "cancelled"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_closing_the_socket_does_not_cancel_the_answer(live, llm) -> None:
+    user = chat_user()
+    conversation = conversation_create(user=user)
+    llm.configure(tokens=20, token_ms=20)
+
+    with ChatSocket(live, conversation.id, user) as socket:
+        socket.send(type="ask", message="Keep going.")
+        message_id = socket.recv()["message_id"]
+
+    llm.wait_until(lambda: llm.chat_requests and llm.chat_requests[-1].done, timeout=5)
+    time.sleep(0.2)
+    message = Message.objects.get(id=message_id)
+    assert message.finish_reason == "stop" and message.completion_tokens == 20
+    assert llm.cancelled == []
+
+
+@pytest.mark.django_db
+def test_cancelling_an_answer_no_worker_claimed_yet_finishes_it_and_frees_its_slot(prices, llm, redis_client) -> None:
+    user = chat_user(concurrent_streams=1)
+    # A test transaction never commits, so the answer is never enqueued: it stays pending, as behind a busy queue.
+    answer = chat_ask(user=user, question="Hello?")
+    with pytest.raises(LimitExceeded):
+        chat_ask(user=user, question="And again?")
+
+    cancelled = message_cancel(user=user, message_id=answer.id)
+
+    assert cancelled.status == "done" and cancelled.finish_reason == "cancelled"
+    assert cancelled.completion_tokens == 0 and not UsageRecord.objects.filter(request_id=answer.request_id).exists()
+    stored = redis_client.xrange(events.stream_key(answer.id))
+    assert [fields[b"t"] for _, fields in stored] == [b"citations", b"done"]
+    chat_ask(user=user, question="And again?")  # the slot was released
+
+
+@pytest.mark.django_db(transaction=True)
+def test_provider_errors_before_the_first_token_are_retried(live, llm) -> None:
+    user = chat_user()
+    llm.enqueue(error=429, retry_after=0)
+    llm.enqueue(error=503, retry_after=0)
+    llm.configure(text=ANSWER)
+
+    response = httpx.post(f"{live}/api/v1/chat/", json={"message": "How often?"},
+                          headers={"Authorization": f"Bearer {api_key(user)}"}, timeout=10)
+
+    assert response.status_code == 201
+    assert response.json()["content"] == ANSWER
+    assert [r.status for r in llm.chat_requests] == [429, 503, 200]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("status", "code"), [(500, "provider_unavailable"), (429, "provider_rate_limited")])
+def test_provider_failing_every_retry_ends_with_an_error_event_and_charges_nothing(live, llm, status, code) -> None:
+    user = chat_user(concurrent_streams=1)
+    conversation = conversation_create(user=user)
+    for _ in range(3):
+        llm.enqueue(error=status, retry_after=0)
+
+    with ChatSocket(live, conversation.id, user) as socket:
+        socket.send(type="ask", message="How often?")
+        received = socket.until("done")
+        assert [e["type"] for e in received] == ["start", "error", "citations", "done"]
+        assert received[1]["code"] == code
+        assert received[-1]["finish_reason"] == "error"
+        assert received[-1]["usage"]["completion_tokens"] == 0
+        assert len(llm.chat_requests) == 3  # the first try and OPENAI_MAX_RETRIES=2 retries
+        message = Message.objects.get(id=received[0]["message_id"])
+        assert message.error_code == code
+        assert not UsageRecord.objects.filter(request_id=message.request_id).exists()
+        socket.send(type="ask", message="Again?")  # the concurrency slot was released
+        assert socket.until("done")[-1]["finish_reason"] == "stop"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stream_dropped_after_the_first_token_ends_with_an_error_and_bills_the_partial_answer(live, llm) -> None:
+    user = chat_user()
+    conversation = conversation_create(user=user)
+    llm.enqueue(text=ANSWER, drop_after=5)
+
+    with ChatSocket(live, conversation.id, user) as socket:
+        socket.send(type="ask", message="How often?")
+        received = socket.until("done")
+
+    kinds = [e["type"] for e in received]
+    assert kinds == ["start", *["token"] * 5, "error", "citations", "done"]
+    assert received[6]["code"] == "provider_error"
+    assert len(llm.chat_requests) == 1  # never retried once text was shown
+    partial = token_text(received)
+    assert partial == " ".join(ANSWER.split(" ")[:5])
+    done = received[-1]
+    assert done["finish_reason"] == "error" and done["content"] == partial
+    message = Message.objects.get(id=received[0]["message_id"])
+    record = UsageRecord.objects.get(request_id=message.request_id)
+    assert record.completion_tokens == count_tokens(partial)
+    assert record.prompt_tokens == llm.chat_requests[0].prompt_tokens
+    assert message.content == partial and message.error_code == "provider_error"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_waiting_api_call_answers_502_when_the_model_refuses(live, llm) -> None:
+    user = chat_user()
+    llm.enqueue(error=400, error_message="Unsupported parameter")
+
+    response = httpx.post(f"{live}/api/v1/chat/", json={"message": "How often?"},
+                          headers={"Authorization": f"Bearer {api_key(user)}"}, timeout=10)
+
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == "provider_rejected" and "Unsupported parameter" in error["message"]
+    assert len(llm.chat_requests) == 1  # a 400 is not retried
+
+
+@pytest.mark.django_db(transaction=True)
+def test_plan_limits_refuse_with_an_error_event_or_429_and_save_nothing(live, llm) -> None:
+    user = chat_user(requests_per_minute=1)
+    conversation = conversation_create(user=user)
+    llm.configure(text="Fine.")
+
+    with ChatSocket(live, conversation.id, user) as socket:
+        socket.send(type="ask", message="First")
+        socket.until("done")
+        socket.send(type="ask", message="Second")
+        refused = socket.recv()
+    response = httpx.post(f"{live}/api/v1/chat/", json={"message": "Third"},
+                          headers={"Authorization": f"Bearer {api_key(user)}"}, timeout=10)
+
+    assert refused["type"] == "error" and refused["code"] == "rate_limited"
+    assert refused["limit"] == "rpm" and refused["retry_after"] >= 1 and "message_id" not in refused
+    assert response.status_code == 429
+    assert int(response.headers["Retry-After"]) >= 1
+    assert '"rpm";q=1' in response.headers["RateLimit-Policy"] and '"rpm";r=0' in response.headers["RateLimit"]
+    assert response.json()["error"]["code"] == "rate_limited"
+    assert response.json()["error"]["retry_after"] == int(response.headers["Retry-After"])
+    assert Message.objects.filter(conversation__owner=user).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_long_stream_keeps_its_concurrency_slot_with_heartbeats(live, llm, settings) -> None:
+    settings.BILLING_SLOT_TTL_SECONDS = 0.6
+    settings.CHAT_SLOT_HEARTBEAT_SECONDS = 0.1
+    user = chat_user(concurrent_streams=1)
+    key = api_key(user)
+    httpx.post(f"{live}/api/v1/chat/", json={"message": "Warm up"}, headers={"Authorization": f"Bearer {key}"},
+               timeout=10)  # the first answer of a worker may wait on its warm-up longer than the slot lives
+    llm.configure(tokens=30, token_ms=50)
+
+    with httpx.stream("POST", f"{live}/api/v1/chat/", json={"message": "Slow one"}, timeout=10,
+                      headers={"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}) as response:
+        lines = response.iter_lines()
+        sse_events(lines, stop_after=2)
+        time.sleep(1.0)  # well past the slot's lifetime without heartbeats
+        second = httpx.post(f"{live}/api/v1/chat/", json={"message": "Meanwhile"},
+                            headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        finish = sse_events(lines)[-1]
+
+    assert second.status_code == 429 and second.json()["error"]["limit"] == "concurrency"
+    assert finish["data"]["finish_reason"] == "stop"

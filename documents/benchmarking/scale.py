@@ -1,0 +1,372 @@
+"""Search at scale: 1,000,000 chunks with skewed owners, realistic vectors, production SQL.
+
+The data set lives in its own database (`docent_bench_scale`) on the same PostgreSQL server, with the chunk and
+document tables shaped like production ones, so that the search SQL of `documents.search` runs unchanged. It is
+built once (about 40 minutes on 2 cores, most of it the HNSW build) and reused while its parameters are unchanged;
+the base embeddings are cached under `DATA_DIR/bench/scale/`.
+
+Vectors: the data sets' own text (gnuplot and IRS PDFs, the DOCX handbook, the 10-K, SQuAD) chunked and embedded
+with the configured MiniLM embedder, then replicated with perturbations: each stored vector is a base chunk's
+vector plus a share of another chunk's and Gaussian noise, renormalised (cosine ~0.9 to its base: a paraphrase,
+not a copy). A document is a run of consecutive base chunks, so an owner's chunks are topically coherent as real
+uploads are. Owners: one with ~30% of the chunks, ten with ~3% each, the rest under `SMALL_MAX` each.
+
+Measured per owner class (big, mid, small), with queries near that owner's own content: p50/p95 of the vector
+half exactly as `chunk_search` runs it (exact through the owner btree for small owners, HNSW with iterative scan
+otherwise) and recall@10 against an exact scan; baselines in the same run: the exact scan's latency, and the
+recall of a plain filtered HNSW scan without iterative scan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from django.conf import settings
+from django.db import connection as django_connection
+from pgvector.psycopg import register_vector
+
+from config.bench import Row
+
+NAME = "documents.scale"
+DATABASE = "docent_bench_scale"
+DATASET_VERSION = 2
+SMALL_MIN = 50
+SMALL_MAX = 2_000
+QUERIES = 100
+WARMUP = 10
+COPY_COMMIT_ROWS = 50_000
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    chunks: int = 1_000_000
+    big_share: float = 0.30
+    mid_owners: int = 10
+    mid_share: float = 0.03
+    big_document_chunks: int = 1_000
+    mid_document_chunks: int = 1_000
+    mix: float = 0.3
+    noise: float = 0.35
+    seed: int = 20_261_128
+    version: int = DATASET_VERSION
+
+    def key(self, corpus_hash: str) -> str:
+        return hashlib.sha256(json.dumps(asdict(self) | {"corpus": corpus_hash}, sort_keys=True).encode()).hexdigest()
+
+
+def selected(names: list[str] | None = None) -> bool:
+    """Whether the scale benchmark was asked for by name (it is too long for every `make bench`)."""
+    if os.environ.get("BENCH_SCALE", "").lower() in {"1", "true", "yes"}:
+        return True
+    return any(arg.startswith(NAME) for arg in (names if names is not None else sys.argv[1:]))
+
+
+def _connect(dbname: str, *, autocommit: bool = True) -> psycopg.Connection:
+    params = django_connection.settings_dict
+    return psycopg.connect(
+        dbname=dbname, user=params["USER"], password=params["PASSWORD"] or None, host=params["HOST"] or None,
+        port=params["PORT"] or None, autocommit=autocommit,
+    )
+
+
+def _ensure_database() -> psycopg.Connection:
+    with _connect(django_connection.settings_dict["NAME"]) as admin:
+        if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone() is None:
+            admin.execute(f'CREATE DATABASE "{DATABASE}"')
+    conn = _connect(DATABASE)
+    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    register_vector(conn)
+    return conn
+
+
+def _cache_dir() -> Path:
+    directory = Path(settings.DATA_DIR) / "bench" / "scale"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def base_corpus(datasets: Path) -> tuple[list[str], np.ndarray]:
+    """Chunks of every data set document and their vectors (embedded once, then read from the cache)."""
+    cache = _cache_dir()
+    texts_path, vectors_path = cache / "base_texts.json", cache / "base_vectors.npy"
+    if texts_path.exists() and vectors_path.exists():
+        return json.loads(texts_path.read_text()), np.load(vectors_path)
+    from documents.embedders import configured_chunker, configured_embedder
+    from documents.ingestion.extract import extract_sections
+    from documents.ingestion.sniff import sniff_kind_path
+    from documents.ingestion.types import Section
+
+    embedder = configured_embedder()
+    chunker = configured_chunker(embedder)
+    texts: list[str] = []
+    for path in sorted(datasets.glob("*/*")):
+        if path.suffix.lower() not in {".pdf", ".docx", ".html"}:
+            continue
+        texts.extend(draft.text for draft in chunker(extract_sections(path, sniff_kind_path(path))))
+    squad = json.loads((datasets / "squad" / "squad-v1.1-dev-even.json").read_text())
+    sections = [Section(text=paragraph["context"]) for article in squad["data"] for paragraph in article["paragraphs"]]
+    texts.extend(draft.text for draft in chunker(sections))
+    vectors = np.concatenate([
+        embedder.embed_documents(texts[start:start + 256]).vectors for start in range(0, len(texts), 256)
+    ]).astype(np.float32)
+    texts_path.write_text(json.dumps(texts))
+    np.save(vectors_path, vectors)
+    return texts, vectors
+
+
+@dataclass(frozen=True)
+class Doc:
+    id: int
+    owner_id: int
+    start: int  # first base chunk of its run
+    size: int
+
+
+def layout(config: ScaleConfig, bases: int) -> list[Doc]:
+    """Owners and documents, deterministic from the seed: owner 1 is big, 2..11 are mid, the rest small."""
+    rng = np.random.default_rng(config.seed)
+    docs: list[Doc] = []
+
+    def add(owner_id: int, total: int, per_document: int) -> None:
+        while total > 0:
+            size = min(per_document, total)
+            docs.append(Doc(len(docs) + 1, owner_id, int(rng.integers(bases)), size))
+            total -= size
+
+    big = round(config.chunks * config.big_share)
+    mid = round(config.chunks * config.mid_share)
+    add(1, big, config.big_document_chunks)
+    for owner_id in range(2, 2 + config.mid_owners):
+        add(owner_id, mid, config.mid_document_chunks)
+    remaining = config.chunks - big - mid * config.mid_owners
+    owner_id = 2 + config.mid_owners
+    while remaining > 0:
+        size = min(int(rng.integers(SMALL_MIN, SMALL_MAX)), remaining)
+        for part in np.array_split(np.arange(size), int(rng.integers(1, 4))):
+            if len(part):
+                docs.append(Doc(len(docs) + 1, owner_id, int(rng.integers(bases)), len(part)))
+        remaining -= size
+        owner_id += 1
+    return docs
+
+
+def _perturbed(base: np.ndarray, indexes: np.ndarray, config: ScaleConfig, rng: np.random.Generator) -> np.ndarray:
+    other = base[rng.integers(len(base), size=len(indexes))]
+    scale = config.noise / math.sqrt(base.shape[1])  # so that the noise vector's norm is about config.noise
+    noise = rng.standard_normal((len(indexes), base.shape[1])).astype(np.float32) * scale
+    vectors = base[indexes] + config.mix * other + noise
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bench_meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS documents_document (
+    id bigint PRIMARY KEY, owner_id bigint NOT NULL, chunk_count integer NOT NULL, token_count bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS documents_chunk (
+    id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    document_id bigint NOT NULL, owner_id bigint NOT NULL, ordinal integer NOT NULL, text text NOT NULL,
+    page integer, heading_path varchar(300)[] NOT NULL DEFAULT '{{}}',
+    token_count integer NOT NULL, embedding vector({dimensions}) NOT NULL,
+    search_vector tsvector GENERATED ALWAYS AS (to_tsvector('english'::regconfig, text)) STORED);
+"""
+# The production indexes (see documents/migrations), built after loading: far faster than upkeep per row.
+_INDEXES = [
+    "CREATE INDEX IF NOT EXISTS chunk_owner_document ON documents_chunk (owner_id, document_id)",
+    "CREATE INDEX IF NOT EXISTS chunk_search_vector_gin ON documents_chunk USING gin (search_vector)",
+    "CREATE INDEX IF NOT EXISTS chunk_embedding_hnsw ON documents_chunk USING hnsw (embedding vector_cosine_ops) "
+    "WITH (m = 16, ef_construction = 64)",
+]
+
+
+def _meta(conn: psycopg.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM bench_meta WHERE key = %s", [key]).fetchone()
+    return row[0] if row else None
+
+
+def _set_meta(conn: psycopg.Connection, key: str, value: str) -> None:
+    conn.execute("INSERT INTO bench_meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                 [key, value])
+
+
+def build(conn: psycopg.Connection, config: ScaleConfig, texts: list[str], base: np.ndarray, docs: list[Doc],
+          log=print) -> dict[str, float]:
+    """Load and index the data set unless it is already there; returns the seconds each step took."""
+    key = config.key(hashlib.sha256(base.tobytes()).hexdigest())
+    conn.execute("CREATE TABLE IF NOT EXISTS bench_meta (key text PRIMARY KEY, value text NOT NULL)")
+    timings: dict[str, float] = {}
+    if _meta(conn, "key") != key:
+        log(f"scale: loading {config.chunks:,} chunks into {DATABASE}")
+        conn.execute("DROP TABLE IF EXISTS documents_chunk, documents_document")
+        conn.execute("TRUNCATE bench_meta")
+        conn.execute(_SCHEMA.format(dimensions=base.shape[1]))
+        started = time.perf_counter()
+        _load(conn, config, texts, base, docs, log)
+        timings["load"] = time.perf_counter() - started
+        _set_meta(conn, "key", key)
+    for statement in _INDEXES:
+        name = statement.split(" EXISTS ")[1].split()[0]
+        if _meta(conn, f"index:{name}") == key:
+            continue
+        log(f"scale: building {name}")
+        started = time.perf_counter()
+        conn.execute("SET maintenance_work_mem = '4GB'")
+        conn.execute("SET max_parallel_maintenance_workers = 1")
+        conn.execute(statement)
+        timings[f"index {name}"] = time.perf_counter() - started
+        _set_meta(conn, f"index:{name}", key)
+    if timings:
+        conn.execute("VACUUM ANALYZE documents_chunk")
+        conn.execute("ANALYZE documents_document")
+    return timings
+
+
+def _load(conn: psycopg.Connection, config: ScaleConfig, texts: list[str], base: np.ndarray, docs: list[Doc],
+          log) -> None:
+    rng = np.random.default_rng(config.seed + 1)
+    token_counts = [max(1, len(text) // 4) for text in texts]
+    loaded = 0
+    with conn.cursor() as cursor:
+        cursor.execute("BEGIN")
+        for start in range(0, len(docs), 1000):
+            batch = docs[start:start + 1000]
+            with cursor.copy("COPY documents_document (id, owner_id, chunk_count, token_count) FROM STDIN") as copy:
+                for doc in batch:
+                    indexes = (doc.start + np.arange(doc.size)) % len(base)
+                    copy.write_row((doc.id, doc.owner_id, doc.size, sum(token_counts[i] for i in indexes)))
+            with cursor.copy("COPY documents_chunk (document_id, owner_id, ordinal, text, token_count, embedding) "
+                             "FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["int8", "int8", "int4", "text", "int4", "vector"])
+                for doc in batch:
+                    indexes = (doc.start + np.arange(doc.size)) % len(base)
+                    vectors = _perturbed(base, indexes, config, rng)
+                    for ordinal, (index, vector) in enumerate(zip(indexes, vectors, strict=True)):
+                        copy.write_row((doc.id, doc.owner_id, ordinal, texts[index], token_counts[index], vector))
+                    loaded += doc.size
+            if loaded >= COPY_COMMIT_ROWS:
+                cursor.execute("COMMIT")
+                cursor.execute("BEGIN")
+                log(f"scale: {sum(d.size for d in docs[:start + 1000]):,} chunks loaded")
+                loaded = 0
+        cursor.execute("COMMIT")
+
+
+def _queries(config: ScaleConfig, base: np.ndarray, owner_docs: list[Doc], count: int) -> tuple[np.ndarray, list[int]]:
+    """Questions about the owner's own content: perturbations of base chunks that their documents hold
+    (and which base chunk each one is about)."""
+    rng = np.random.default_rng(config.seed + 2 + owner_docs[0].owner_id)
+    picks = []
+    for _ in range(count):
+        doc = owner_docs[int(rng.integers(len(owner_docs)))]
+        picks.append((doc.start + int(rng.integers(doc.size))) % len(base))
+    return _perturbed(base, np.array(picks), config, rng), picks
+
+
+def _vector_ids(conn: psycopg.Connection, owner_id: int, document_ids: list[int], vector: np.ndarray, *,
+                exact: bool, iterative: bool = True, k: int = 10) -> list[int]:
+    from documents.search import ANN_SETTINGS_SQL, ann_settings_params, vector_sql
+
+    params = {"vector": vector, "owner": owner_id, "documents": document_ids, "candidates": k}
+    with conn.transaction():
+        if not exact:
+            if iterative:
+                conn.execute(ANN_SETTINGS_SQL, ann_settings_params(candidates=k))
+            else:
+                conn.execute("SELECT set_config('hnsw.iterative_scan', 'off', true)")
+        rows = conn.execute(f"SELECT id FROM ({vector_sql(exact=exact)}) nearest ORDER BY distance, id",  # noqa: S608
+                            params).fetchall()
+    return [row[0] for row in rows]
+
+
+def _hybrid_ms(conn: psycopg.Connection, owner_id: int, document_ids: list[int], vector: np.ndarray, text: str,
+               *, exact: bool) -> float:
+    from documents.search import ANN_SETTINGS_SQL, ann_settings_params, hybrid_sql, keyword_parameters
+
+    params = {"vector": vector, "owner": owner_id, "documents": document_ids, "text": text, "k": 8,
+              "candidates": settings.SEARCH_CANDIDATES, "rrf_k": settings.SEARCH_RRF_K, **keyword_parameters()}
+    started = time.perf_counter()
+    with conn.transaction():
+        if not exact:
+            conn.execute(ANN_SETTINGS_SQL, ann_settings_params(candidates=settings.SEARCH_CANDIDATES))
+        conn.execute(hybrid_sql(exact=exact), params).fetchall()
+    return (time.perf_counter() - started) * 1000
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def measure(conn: psycopg.Connection, config: ScaleConfig, texts: list[str], base: np.ndarray,
+            docs: list[Doc]) -> list[Row]:
+    by_owner: dict[int, list[Doc]] = {}
+    for doc in docs:
+        by_owner.setdefault(doc.owner_id, []).append(doc)
+    sizes = {owner: sum(doc.size for doc in owner_docs) for owner, owner_docs in by_owner.items()}
+    small = sorted((owner for owner, size in sizes.items() if size < SMALL_MAX), key=lambda o: sizes[o])
+    classes = {"big": 1, "mid": 2, "small": small[len(small) // 2]}
+    rows = []
+    for label, owner_id in classes.items():
+        owner_docs = by_owner[owner_id]
+        document_ids = [doc.id for doc in owner_docs]
+        exact = sizes[owner_id] <= settings.SEARCH_EXACT_MAX_CHUNKS
+        queries, picks = _queries(config, base, owner_docs, QUERIES + WARMUP)
+        for vector in queries[:WARMUP]:
+            _vector_ids(conn, owner_id, document_ids, vector, exact=exact)
+        latencies, exact_latencies, recalls, plain_recalls = [], [], [], []
+        for vector in queries[WARMUP:]:
+            started = time.perf_counter()
+            found = _vector_ids(conn, owner_id, document_ids, vector, exact=exact)
+            latencies.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            truth = _vector_ids(conn, owner_id, document_ids, vector, exact=True)
+            exact_latencies.append((time.perf_counter() - started) * 1000)
+            plain = _vector_ids(conn, owner_id, document_ids, vector, exact=False, iterative=False)
+            recalls.append(len(set(found) & set(truth)) / max(1, len(truth)))
+            plain_recalls.append(len(set(plain) & set(truth)) / max(1, len(truth)))
+        path = "exact (owner btree)" if exact else "HNSW, iterative scan"
+        note = f"owner {owner_id}: {sizes[owner_id]:,} chunks in {len(owner_docs)} documents; {path}; {QUERIES} queries"
+        rows += [
+            Row(NAME, f"{label} owner vector p50", statistics.median(latencies), "ms",
+                baseline=statistics.median(exact_latencies), note=f"{note}; baseline exact scan p50"),
+            Row(NAME, f"{label} owner vector p95", _percentile(latencies, 95), "ms",
+                baseline=_percentile(exact_latencies, 95), target="<= 20", note="baseline exact scan p95"),
+            Row(NAME, f"{label} owner recall@10", statistics.fmean(recalls), "",
+                baseline=statistics.fmean(plain_recalls), target=">= 0.95",
+                note="vs exact scan; baseline HNSW without iterative scan (ef_search 40)"),
+        ]
+        # A question's words: a dozen from the chunk it is about.
+        hybrid = [_hybrid_ms(conn, owner_id, document_ids, vector, " ".join(texts[pick].split()[:12]), exact=exact)
+                  for vector, pick in zip(queries[WARMUP:WARMUP + 30], picks[WARMUP:WARMUP + 30], strict=True)]
+        rows.append(Row(NAME, f"{label} owner hybrid p50", statistics.median(hybrid), "ms",
+                        note=f"vector + BM25 keyword + RRF, p95 {_percentile(hybrid, 95):.1f} ms, 30 queries"))
+    return rows
+
+
+def scale_benchmark(datasets: Path) -> list[Row]:
+    chunks = int(os.environ.get("BENCH_SCALE_CHUNKS", "1000000"))
+    config = ScaleConfig(chunks=chunks)
+    texts, base = base_corpus(datasets)
+    docs = layout(config, len(base))
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    with _ensure_database() as conn:
+        timings = build(conn, config, texts, base, docs, log=log)
+        rows = measure(conn, config, texts, base, docs)
+        size = conn.execute("SELECT pg_relation_size('chunk_embedding_hnsw')").fetchone()[0]
+    owners = len({doc.owner_id for doc in docs})
+    note = f"{chunks:,} chunks, {owners} owners, {len(base):,} base MiniLM vectors; HNSW index {size / 2**30:.2f} GB"
+    rows.append(Row(NAME, "data set build", sum(timings.values()), "s",
+                    note=note + ("; reused from an earlier run" if not timings else
+                                 "; " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))))
+    return rows

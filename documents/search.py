@@ -1,0 +1,259 @@
+"""Hybrid retrieval over one user's ready documents: pgvector cosine + PostgreSQL full text, fused by RRF.
+
+Both halves are filtered by owner inside the database. For an owner with few chunks the vector half is an
+exact scan through the owner btree (a few ms, and exact); for a big owner it walks the HNSW index with
+pgvector 0.8's iterative scan, which keeps reading the graph until enough rows pass the owner filter
+instead of returning the few of its first `ef_search` candidates that happen to be the owner's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Sum
+
+from accounts.models import User
+from documents.models import Chunk, Document
+from documents.services.store import raw_connection
+
+_TABLE = Chunk._meta.db_table
+_DOCUMENT_TABLE = Document._meta.db_table
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    chunk_id: int
+    document_id: int
+    document_title: str
+    page: int | None
+    heading_path: list[str]
+    text: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    hits: list[SearchHit]
+    query_tokens: int
+    embedding_model: str
+
+
+# Exact: the owner btree finds the rows and they are sorted by distance (`+ 0` keeps the HNSW index out).
+# Approximate: the owner and document filters are made unindexable (`+ 0`) so that the planner cannot trade
+# the HNSW scan for an owner btree scan plus a sort of all that owner's rows (exact, but 50 ms at 30k rows).
+_VECTOR_SQL = {
+    True: """
+        SELECT c.id, c.embedding <=> %(vector)s AS distance
+        FROM {table} c
+        WHERE c.owner_id = %(owner)s AND c.document_id = ANY(%(documents)s)
+        ORDER BY (c.embedding <=> %(vector)s) + 0
+        LIMIT %(candidates)s""",
+    False: """
+        SELECT c.id, c.embedding <=> %(vector)s AS distance
+        FROM {table} c
+        WHERE c.owner_id + 0 = %(owner)s AND c.document_id + 0 = ANY(%(documents)s)
+        ORDER BY c.embedding <=> %(vector)s
+        LIMIT %(candidates)s""",
+}
+
+# BM25 over PostgreSQL's own text search: the question's lexemes (english stemming, stop words out), each
+# weighted by its IDF among the searched chunks (document frequencies counted through the GIN index), and
+# chunks matching any of them scored by the sum of their matched lexemes' IDFs with BM25's length
+# normalisation. Term frequency is taken as 1: in ~200-token chunks content words rarely repeat, and it
+# spares unpacking every candidate's tsvector. ts_rank_cd, without IDF, ranks "year" like "Normans".
+# Lexemes in more than `max_df` chunks are left out: near stop words for that corpus, and they would
+# make the candidate set (and the latency) grow with the owner's size.
+_KEYWORD_SQL = """
+        WITH terms AS MATERIALIZED (
+            SELECT DISTINCT quote_literal(t.lexeme)::tsquery AS query
+            FROM unnest(to_tsvector('english', %(text)s)) AS t
+        ),
+        corpus AS MATERIALIZED (
+            SELECT greatest(sum(chunk_count), 1) AS chunks,
+                   greatest(sum(token_count)::float8 / greatest(sum(chunk_count), 1), 1) AS mean_tokens
+            FROM {document_table} WHERE id = ANY(%(documents)s)
+        ),
+        weights AS MATERIALIZED (
+            SELECT t.query, ln(1 + (corpus.chunks - f.df + 0.5) / (f.df + 0.5)) AS idf
+            FROM terms t
+            CROSS JOIN corpus
+            CROSS JOIN LATERAL (
+                SELECT count(*) AS df FROM (
+                    SELECT 1 FROM {table} c
+                    WHERE c.owner_id = %(owner)s AND c.document_id = ANY(%(documents)s) AND c.search_vector @@ t.query
+                    LIMIT %(max_df)s + 1
+                ) matching
+            ) f
+            WHERE f.df BETWEEN 1 AND %(max_df)s
+        ),
+        any_term AS MATERIALIZED (
+            SELECT string_agg(query::text, ' | ')::tsquery AS query FROM weights
+        )
+        SELECT c.id,
+               (SELECT sum(w.idf) FROM weights w WHERE c.search_vector @@ w.query)
+               * (%(k1)s + 1) / (1 + %(k1)s * (1 - %(b)s + %(b)s * c.token_count / corpus.mean_tokens)) AS score
+        FROM {table} c, corpus, any_term
+        WHERE c.owner_id = %(owner)s AND c.document_id = ANY(%(documents)s) AND c.search_vector @@ any_term.query
+        ORDER BY score DESC, c.id
+        LIMIT %(candidates)s"""
+
+_HYBRID_SQL = """
+WITH vector_hits AS MATERIALIZED (
+    SELECT id, row_number() OVER (ORDER BY distance, id) AS rank FROM ({vector_sql}) nearest
+),
+keyword_hits AS MATERIALIZED (
+    SELECT id, row_number() OVER (ORDER BY score DESC, id) AS rank FROM ({keyword_sql}) matched
+),
+fused AS (
+    SELECT id, sum(1.0 / (%(rrf_k)s + rank)) AS score
+    FROM (SELECT id, rank FROM vector_hits UNION ALL SELECT id, rank FROM keyword_hits) ranks
+    GROUP BY id
+    ORDER BY score DESC, id
+    LIMIT %(k)s
+)
+SELECT c.id, c.document_id, c.page, c.heading_path, c.text, f.score
+FROM fused f JOIN {table} c ON c.id = f.id
+ORDER BY f.score DESC, c.id
+"""
+
+BM25_K1 = 1.2
+BM25_B = 0.75
+
+
+def keyword_parameters() -> dict:
+    return {"k1": BM25_K1, "b": BM25_B, "max_df": settings.SEARCH_KEYWORD_MAX_DF}
+
+
+def hybrid_sql(*, exact: bool) -> str:
+    return _HYBRID_SQL.format(vector_sql=vector_sql(exact=exact), keyword_sql=keyword_sql(), table=_TABLE)
+
+
+def keyword_sql() -> str:
+    """(id, score) of the `candidates` best full-text matches; parameters text, owner, documents, candidates
+    and `keyword_parameters()`."""
+    return _KEYWORD_SQL.format(table=_TABLE, document_table=_DOCUMENT_TABLE)
+
+
+def vector_sql(*, exact: bool) -> str:
+    """(id, distance) of the `candidates` nearest chunks; parameters vector, owner, documents, candidates."""
+    return _VECTOR_SQL[exact].format(table=_TABLE)
+
+
+# enable_seqscan off: with the owner filter unindexable the planner's only other choice is a sequential scan,
+# which it may prefer on a misjudged selectivity; for owners this big the HNSW walk is what we want.
+ANN_SETTINGS_SQL = (
+    "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+    "set_config('hnsw.ef_search', %s, true), set_config('hnsw.max_scan_tuples', %s, true), "
+    "set_config('enable_seqscan', 'off', true)"
+)
+
+
+def ann_settings_params(*, candidates: int) -> list[str]:
+    return [str(max(settings.SEARCH_EF_SEARCH, candidates)), str(settings.SEARCH_MAX_SCAN_TUPLES)]
+
+
+def set_ann_parameters(*, candidates: int) -> None:
+    """HNSW settings for the current transaction (SET LOCAL), in one round trip."""
+    with connection.cursor() as cursor:
+        cursor.execute(ANN_SETTINGS_SQL, ann_settings_params(candidates=candidates))
+
+
+def chunk_search(*, user: User, query: str, k: int = 8, document_ids: list[int] | None = None) -> SearchResult:
+    """The `k` best chunks of the user's ready documents (optionally only `document_ids`) for `query`."""
+    k = max(1, min(int(k), settings.SEARCH_MAX_K))
+    from documents.embedders import configured_embedder  # heavy; only the processes that search load it
+
+    query = query.strip()
+    embedder = configured_embedder()
+    documents = Document.objects.filter(owner=user, status=Document.Status.READY)
+    if document_ids is not None:
+        documents = documents.filter(id__in=document_ids)
+    titles = dict(documents.values_list("id", "title"))
+    if not query or not titles:
+        return SearchResult(hits=[], query_tokens=0, embedding_model=embedder.model)
+    searchable = documents.aggregate(total=Sum("chunk_count"))["total"] or 0
+    embedded = embedder.embed_query(query)
+    rows = hybrid_rows(
+        owner_id=user.id,
+        document_ids=list(titles),
+        vector=embedded.vectors[0],
+        text=query,
+        k=k,
+        exact=searchable <= settings.SEARCH_EXACT_MAX_CHUNKS,
+    )
+    hits = [
+        SearchHit(
+            chunk_id=chunk_id,
+            document_id=document_id,
+            document_title=titles[document_id],
+            page=page,
+            heading_path=list(heading_path or []),
+            text=text,
+            score=float(score),
+        )
+        for chunk_id, document_id, page, heading_path, text, score in rows
+    ]
+    return SearchResult(hits=hits, query_tokens=embedded.prompt_tokens, embedding_model=embedded.model)
+
+
+def hybrid_rows(
+    *,
+    owner_id: int,
+    document_ids: list[int],
+    vector: np.ndarray,
+    text: str,
+    k: int,
+    exact: bool,
+    candidates: int | None = None,
+) -> list[tuple]:
+    """(chunk id, document id, page, heading path, text, RRF score) rows, best first."""
+    candidates = max(k, candidates or settings.SEARCH_CANDIDATES)
+    raw_connection()
+    params = {
+        "vector": np.asarray(vector, dtype=np.float32),
+        "owner": owner_id,
+        "documents": document_ids,
+        "candidates": candidates,
+        "text": text,
+        "k": k,
+        "rrf_k": settings.SEARCH_RRF_K,
+        **keyword_parameters(),
+    }
+    with transaction.atomic():
+        if not exact:
+            set_ann_parameters(candidates=candidates)
+        with connection.cursor() as cursor:
+            cursor.execute(hybrid_sql(exact=exact), params)
+            return cursor.fetchall()
+
+
+def nearest_chunk_ids(
+    *, owner_id: int, document_ids: list[int], vector: np.ndarray, limit: int, exact: bool
+) -> list[int]:
+    """The vector half of the search alone, nearest first (for recall measurements against exact search)."""
+    raw_connection()
+    params = {
+        "vector": np.asarray(vector, dtype=np.float32),
+        "owner": owner_id,
+        "documents": document_ids,
+        "candidates": limit,
+    }
+    with transaction.atomic():
+        if not exact:
+            set_ann_parameters(candidates=limit)
+        with connection.cursor() as cursor:
+            sql = f"SELECT id FROM ({vector_sql(exact=exact)}) nearest ORDER BY distance, id"  # noqa: S608 - constants
+            cursor.execute(sql, params)
+            return [row[0] for row in cursor.fetchall()]
+
+
+def keyword_chunk_ids(*, owner_id: int, document_ids: list[int], text: str, limit: int) -> list[int]:
+    """The full-text half of the search alone, best first (for retrieval-quality measurements)."""
+    params = {"text": text, "owner": owner_id, "documents": document_ids, "candidates": limit,
+              **keyword_parameters()}
+    with connection.cursor() as cursor:
+        cursor.execute(keyword_sql(), params)
+        return [row[0] for row in cursor.fetchall()]

@@ -1,0 +1,411 @@
+"""The ingestion pipeline: extract -> chunk -> embed -> store, streamed batch by batch.
+
+Nothing holds a whole document: pages are extracted one at a time, chunks are pulled from the splitter
+as they come, and each batch of vectors is written with one binary COPY in its own transaction, then
+dropped. A run starts by deleting the document's chunks and ends by marking it ready, so a second run
+(or one after a worker was killed mid-document) leaves exactly one chunk set, and search never sees a
+half-written one (it reads ready documents only).
+
+Exactly one run per document at a time: a run holds a PostgreSQL advisory lock keyed on the document
+for its whole duration. The lock lives on the worker's database session, so a killed worker releases
+it at once; a second delivery of the same task finds it taken and leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import itertools
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from billing.limiter import LimitExceeded
+from billing.services import quota_check, usage_record
+from documents.ingestion.extract import ExtractionLimits, extract_sections, pdf_page_count
+from documents.ingestion.types import ChunkDraft, IngestionError, Kind, Section, TransientIngestionError
+from documents.models import Document
+from documents.services.progress import ProgressThrottle, document_push
+from documents.services.store import StoredChunk, chunks_copy, chunks_delete, vector_column_dimensions
+
+logger = logging.getLogger(__name__)
+
+# About 30 word pieces: with chunks of at most 200, the model's 254-piece window always holds both.
+_HEADER_MAX_CHARS = 120
+_LOCK_NAMESPACE = 0x646F63  # "doc": the first key of the two-key advisory lock, the document id is the second
+
+
+class Outcome(enum.StrEnum):
+    READY = "ready"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # deleted, already done, or being processed by another worker right now
+
+
+@dataclass
+class IngestReport:
+    outcome: Outcome
+    document_id: int
+    pages: int | None = None
+    chunks: int = 0
+    tokens: int = 0
+    embedding_tokens: int = 0
+    # Seconds spent in each stage (self time: extraction is not counted again inside chunking).
+    seconds: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+class DocumentVanished(Exception):
+    """The document was deleted while it was being processed."""
+
+
+class _StageClock:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def iterate(self, name: str, iterable: Iterable) -> Iterator:
+        iterator = iter(iterable)
+        while True:
+            started = time.perf_counter()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                self.seconds[name] += time.perf_counter() - started
+                return
+            self.seconds[name] += time.perf_counter() - started
+            yield item
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - started
+
+    def report(self) -> dict[str, float]:
+        extract = self.seconds["extract"]
+        return {
+            "extract": extract,
+            "chunk": max(0.0, self.seconds["extract+chunk"] - extract),
+            "embed": self.seconds["embed"],
+            "store": self.seconds["store"],
+        }
+
+
+@contextlib.contextmanager
+def _document_lock(document_id: int) -> Iterator[bool]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_LOCK_NAMESPACE, document_id])
+        acquired = cursor.fetchone()[0]
+    try:
+        yield acquired
+    finally:
+        if acquired and connection.connection is not None:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_LOCK_NAMESPACE, document_id])
+
+
+def document_is_being_processed(*, document_id: int) -> bool:
+    """Whether a live worker holds the document's run lock (for the stuck-document sweep)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_LOCK_NAMESPACE, document_id])
+        if cursor.fetchone()[0]:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_LOCK_NAMESPACE, document_id])
+            return False
+    return True
+
+
+def _interrupted_message(attempts: int) -> str:
+    return (
+        f"Processing this document was interrupted {attempts} times (the worker stopped or ran out of time), "
+        "so it was given up; try a smaller or simpler file."
+    )
+
+
+def _claim(document_id: int) -> Document | None:
+    with transaction.atomic():
+        document = Document.objects.select_for_update().filter(id=document_id).first()
+        if document is None or document.status in (Document.Status.READY, Document.Status.FAILED):
+            return None
+        if document.attempts >= settings.INGEST_MAX_ATTEMPTS:
+            # Every earlier attempt was counted when it started and none finished: a poison document.
+            document.status = Document.Status.FAILED
+            document.error = _interrupted_message(document.attempts)
+            document.save(update_fields=["status", "error", "updated_at"])
+            transaction.on_commit(lambda: document_push(document))
+            return None
+        document.status = Document.Status.PROCESSING
+        document.attempts += 1
+        document.processing_started_at = timezone.now()
+        document.progress = 0
+        document.error = ""
+        document.pages = None
+        document.chunk_count = 0
+        document.token_count = 0
+        document.save()
+    document_push(document)
+    return document
+
+
+def _finish(document: Document, *, status: str, error: str = "") -> None:
+    """Record a failure (or a return to the queue) unless the document is gone."""
+    updated = Document.objects.filter(id=document.id).update(
+        status=status,
+        error=error,
+        updated_at=timezone.now(),
+        **({"progress": 0} if status == Document.Status.QUEUED else {}),
+    )
+    if updated:
+        document.refresh_from_db()
+        document_push(document)
+
+
+def document_ingest(*, document_id: int) -> IngestReport:
+    """Run the pipeline for one document. Safe to call again for the same document at any time.
+
+    Permanent problems (a hostile or broken file, the quota) end as `failed` with a sentence for the
+    user. A transient one (storage, the embedding provider) puts the document back in the queue and is
+    re-raised for the caller to retry later, until `INGEST_MAX_ATTEMPTS` attempts have been used.
+    """
+    with _document_lock(document_id) as acquired:
+        if not acquired:
+            return IngestReport(Outcome.SKIPPED, document_id)
+        document = _claim(document_id)
+        if document is None:
+            return IngestReport(Outcome.SKIPPED, document_id)
+        try:
+            report = _run(document)
+        except DocumentVanished:
+            return IngestReport(Outcome.SKIPPED, document_id)
+        except TransientIngestionError as exc:
+            if document.attempts >= settings.INGEST_MAX_ATTEMPTS:
+                message = f"{exc.message} Gave up after {document.attempts} attempts; upload the file again later."
+                _finish(document, status=Document.Status.FAILED, error=message)
+                return IngestReport(Outcome.FAILED, document_id, error=message)
+            _finish(document, status=Document.Status.QUEUED, error=exc.message)
+            raise
+        except IngestionError as exc:
+            _finish(document, status=Document.Status.FAILED, error=exc.message)
+            return IngestReport(Outcome.FAILED, document_id, error=exc.message)
+        except LimitExceeded:
+            message = (
+                "Your monthly token quota is used up, so this document was not processed; "
+                "upload it again when the quota renews or after upgrading your plan."
+            )
+            _finish(document, status=Document.Status.FAILED, error=message)
+            return IngestReport(Outcome.FAILED, document_id, error=message)
+        except SoftTimeLimitExceeded:
+            message = "Processing this document took too long and was stopped; split it into smaller files."
+            _finish(document, status=Document.Status.FAILED, error=message)
+            return IngestReport(Outcome.FAILED, document_id, error=message)
+        except Exception as exc:
+            logger.exception("ingestion of document %s failed unexpectedly", document_id)
+            transient = TransientIngestionError("Processing stopped on an unexpected error.")
+            if document.attempts >= settings.INGEST_MAX_ATTEMPTS:
+                message = f"{transient.message} Gave up after {document.attempts} attempts."
+                _finish(document, status=Document.Status.FAILED, error=message)
+                return IngestReport(Outcome.FAILED, document_id, error=message)
+            _finish(document, status=Document.Status.QUEUED, error=transient.message)
+            raise transient from exc
+        return report
+
+
+def _progress_estimator(document: Document, path: Path, limits: ExtractionLimits) -> Callable[[list[ChunkDraft]], int]:
+    """Percent done after a stored batch, from its last page (PDF) or the characters read so far (the rest)."""
+    if document.kind == Kind.PDF:
+        total_pages = pdf_page_count(path, limits=limits)
+        if total_pages > limits.max_pages:
+            raise IngestionError(
+                f"This PDF has {total_pages:,} pages, more than the limit of {limits.max_pages:,}; "
+                "split it into smaller files and upload them separately."
+            )
+        return lambda batch: min(99, (batch[-1].page or 0) * 100 // max(1, total_pages))
+    # Text is a fair fraction of the file size for these formats; the bar only needs to move steadily.
+    expected_chars = max(1, document.size_bytes * (1 if document.kind in (Kind.TEXT, Kind.MARKDOWN) else 0.5))
+    seen = 0
+
+    def estimate(batch: list[ChunkDraft]) -> int:
+        nonlocal seen
+        seen += sum(len(draft.text) for draft in batch)
+        return min(95, int(seen * 100 / expected_chars))
+
+    return estimate
+
+
+def embedding_text(title: str, draft: ChunkDraft) -> str:
+    """What is embedded for a chunk: its text under the document title and heading path.
+
+    A chunk cut from the middle of a section rarely names what it is about ("It was founded in 1868");
+    the header puts it back. Chunks are sized below the model's input window to leave room for it, and
+    the header is capped so that it can never push the chunk's own text out.
+    """
+    header = " > ".join(part for part in (title, *draft.heading_path) if part)
+    if len(header) > _HEADER_MAX_CHARS:
+        header = header[:_HEADER_MAX_CHARS].rsplit(" ", 1)[0]
+    return f"{header}\n\n{draft.text}" if header else draft.text
+
+
+def _batched(iterable: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(iterable)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def _run(document: Document) -> IngestReport:
+    # Imported here: the model libraries are heavy, and web processes import this module only to queue work.
+    from documents.embedders import configured_chunker, configured_embedder
+
+    started = time.perf_counter()
+    path = Path(document.file.path)
+    if not path.exists():
+        raise IngestionError("The uploaded file is missing from storage; upload it again.")
+    quota_check(user=document.owner, tokens=0)
+    embedder = configured_embedder()
+    if vector_column_dimensions() != embedder.dimensions:
+        raise TransientIngestionError(
+            "The search index is being rebuilt for a new embedding model; this document will be retried."
+        )
+    limits = ExtractionLimits(max_pages=settings.INGEST_MAX_PAGES)
+    estimate = _progress_estimator(document, path, limits)
+    chunks_delete(document_id=document.id)
+
+    clock = _StageClock()
+    throttle = ProgressThrottle()
+    sections: Iterator[Section] = clock.iterate("extract", extract_sections(path, Kind(document.kind), limits=limits))
+    drafts = clock.iterate("extract+chunk", configured_chunker(embedder)(sections))
+    stored = tokens = embedding_tokens = 0
+    pages = 0
+    progress = 0
+    for batch in _batched(drafts, settings.INGEST_STORE_BATCH):
+        with clock.stage("embed"):
+            embedded = embedder.embed_documents([embedding_text(document.title, draft) for draft in batch])
+        embedding_tokens += embedded.prompt_tokens
+        rows = [
+            StoredChunk(
+                ordinal=draft.ordinal,
+                text=draft.text,
+                page=draft.page,
+                heading_path=draft.heading_path,
+                token_count=draft.token_count,
+                embedding=vector,
+            )
+            for draft, vector in zip(batch, embedded.vectors, strict=True)
+        ]
+        stored += len(rows)
+        tokens += sum(draft.token_count for draft in batch)
+        pages = max([pages, *(draft.page or 0 for draft in batch)])
+        progress = max(progress, estimate(batch))
+        with clock.stage("store"):
+            _store_batch(document, rows, progress=progress, pages=pages or None, chunks=stored, tokens=tokens)
+        if throttle.due(progress):
+            document.progress, document.pages, document.chunk_count, document.token_count = (
+                progress,
+                pages or None,
+                stored,
+                tokens,
+            )
+            document_push(document)
+    if stored == 0:
+        raise IngestionError("No text could be found in this document, so there is nothing to search.")
+
+    # Billed before the document turns ready and outside its transaction (the quota counter lives in Redis,
+    # which a rollback would not undo); the request id makes a repeated call a no-op.
+    usage_record(
+        user=document.owner,
+        kind="embedding",
+        model=embedded.model,
+        prompt_tokens=embedding_tokens,
+        latency_ms=int(clock.seconds["embed"] * 1000),
+        request_id=f"embed:{document.id}:{document.attempts}",
+        document_id=document.id,
+    )
+    with transaction.atomic():
+        locked = Document.objects.select_for_update().filter(id=document.id).first()
+        if locked is None:
+            raise DocumentVanished
+        locked.status = Document.Status.READY
+        locked.progress = 100
+        locked.pages = pages or None
+        locked.chunk_count = stored
+        locked.token_count = tokens
+        locked.embedding_model = embedded.model
+        locked.error = ""
+        locked.save()
+    document_push(locked)
+    return IngestReport(
+        Outcome.READY,
+        document.id,
+        pages=pages or None,
+        chunks=stored,
+        tokens=tokens,
+        embedding_tokens=embedding_tokens,
+        seconds=clock.report() | {"total": time.perf_counter() - started},
+    )
+
+
+def _store_batch(
+    document: Document, rows: list[StoredChunk], *, progress: int, pages: int | None, chunks: int, tokens: int
+) -> None:
+    try:
+        with transaction.atomic():
+            chunks_copy(document_id=document.id, owner_id=document.owner_id, chunks=rows)
+            # Also the run's heartbeat: the stuck sweep looks at updated_at.
+            updated = Document.objects.filter(id=document.id).update(
+                progress=progress, pages=pages, chunk_count=chunks, token_count=tokens, updated_at=timezone.now()
+            )
+            if not updated:
+                raise DocumentVanished
+    except IntegrityError as exc:
+        # The foreign keys are checked at commit: a document deleted meanwhile shows up here.
+        if not Document.objects.filter(id=document.id).exists():
+            raise DocumentVanished from exc
+        raise
+
+
+def documents_requeue_stuck(*, now: datetime | None = None) -> list[int]:
+    """Queue again the documents no worker is processing although they are queued or processing, and have
+    not moved for `INGEST_STUCK_AFTER_SECONDS` (a killed worker, a lost broker message). Run periodically.
+
+    Returns the ids queued again. The stuck time restarts for each, so a long backlog is not re-sent on
+    every sweep.
+    """
+    from documents.services.uploads import _enqueue_ingest
+
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.INGEST_STUCK_AFTER_SECONDS)
+    candidates = Document.objects.filter(
+        status__in=[Document.Status.QUEUED, Document.Status.PROCESSING], updated_at__lt=cutoff
+    ).values_list("id", flat=True)
+    requeued = []
+    for document_id in candidates[:1000]:
+        if document_is_being_processed(document_id=document_id):
+            continue
+        with transaction.atomic():
+            document = (
+                Document.objects.select_for_update(skip_locked=True)
+                .filter(id=document_id, updated_at__lt=cutoff)
+                .first()
+            )
+            if document is None:
+                continue
+            if document.attempts >= settings.INGEST_MAX_ATTEMPTS:
+                document.status = Document.Status.FAILED
+                document.error = _interrupted_message(document.attempts)
+                document.save(update_fields=["status", "error", "updated_at"])
+                transaction.on_commit(lambda document=document: document_push(document))
+                continue
+            Document.objects.filter(id=document_id).update(status=Document.Status.QUEUED, progress=0, updated_at=now)
+            transaction.on_commit(lambda document_id=document_id: _enqueue_ingest(document_id))
+        requeued.append(document_id)
+    if requeued:
+        logger.warning("re-queued %d stuck document(s): %s", len(requeued), requeued)
+    return requeued

@@ -1,0 +1,52 @@
+"""End-to-end: the documents page in Chromium against the real ASGI server and ingest worker."""
+
+from __future__ import annotations
+
+import pytest
+
+from accounts.tests.factories import PASSWORD, UserFactory
+from documents.models import Document
+from documents.tests import hostile_files
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def _log_in(page, user) -> None:
+    page.goto("/accounts/login/")
+    page.get_by_label("Email").fill(user.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url("**/dashboard/")
+
+
+def test_upload_several_files_watch_them_finish_and_delete_one(page, celery_workers, screenshot):
+    user = UserFactory()
+    _log_in(page, user)
+    page.get_by_role("link", name="Documents").first.click()
+    page.wait_for_url("**/documents/")
+
+    page.set_input_files("#upload-input", files=[
+        {"name": "sample.pdf", "mimeType": "application/pdf", "buffer": hostile_files.sample_pdf()},
+        {"name": "scan.pdf", "mimeType": "application/pdf", "buffer": hostile_files.image_only_pdf()},
+        {"name": "photo.pdf", "mimeType": "application/pdf", "buffer": hostile_files.png_image()},
+    ])
+
+    ready = page.locator("#documents-body tr", has_text="sample.pdf")
+    ready.locator(".status-ready").wait_for(timeout=60_000)
+    failed = page.locator("#documents-body tr", has_text="scan.pdf")
+    failed.locator(".status-failed").wait_for(timeout=60_000)
+    rejected = page.locator("#documents-body tr", has_text="photo.pdf")
+    screenshot(page, "documents")
+    assert "no text layer" in failed.inner_text()
+    assert "PNG image" in rejected.inner_text()
+    cells = ready.locator("td")
+    assert cells.nth(3).inner_text() == "3"  # pages
+    assert int(cells.nth(4).inner_text()) == Document.objects.get(owner=user, filename="sample.pdf").chunk_count
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    ready.get_by_role("link", name="Delete").click()
+    ready.wait_for(state="detached", timeout=10_000)
+    assert not Document.objects.filter(owner=user, filename="sample.pdf").exists()
+    # The browser logs the refused upload's 415 itself; anything else would be a script error.
+    unexpected = [error for error in page.console_errors if "status of 415" not in error]
+    assert unexpected == [], unexpected

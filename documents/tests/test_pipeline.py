@@ -1,0 +1,209 @@
+"""Upload -> ingestion on the real `ingest` worker (a Celery worker thread) -> stored chunks."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.db import connection
+
+from billing.models import Plan, UsageRecord
+from billing.services import catalog_ensure
+from documents.ingestion.types import TransientIngestionError
+from documents.models import Chunk, Document
+from documents.services import document_ingest
+from documents.tests import hostile_files
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def wait_for(document_id: int, *, statuses=("ready", "failed"), timeout: float = 90) -> Document:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        document = Document.objects.filter(id=document_id).first()
+        if document is not None and document.status in statuses:
+            return document
+        time.sleep(0.1)
+    raise AssertionError(f"document {document_id} did not reach {statuses}: {document and document.status}")
+
+
+def assert_one_chunk_set(document: Document) -> list[Chunk]:
+    chunks = list(Chunk.objects.filter(document=document).order_by("ordinal"))
+    assert [chunk.ordinal for chunk in chunks] == list(range(document.chunk_count))
+    return chunks
+
+
+def test_pdf_upload_becomes_ready_with_pages_chunks_and_tokens(celery_workers, post_file):
+    response = post_file(hostile_files.sample_pdf(), name="sample.pdf")
+
+    document = wait_for(response.json()["id"])
+
+    assert (document.status, document.progress, document.error) == ("ready", 100, "")
+    assert document.pages == 3
+    chunks = assert_one_chunk_set(document)
+    assert document.chunk_count == len(chunks) >= 3
+    assert document.token_count == sum(chunk.token_count for chunk in chunks) > 0
+    assert document.embedding_model == "all-MiniLM-L6-v2"
+    assert document.attempts == 1
+    pages = {chunk.page for chunk in chunks if "apples" in chunk.text}
+    assert pages == {1}
+    assert {chunk.page for chunk in chunks} == {1, 2, 3}
+    assert all(chunk.owner_id == document.owner_id for chunk in chunks)
+    assert all(len(chunk.embedding) == 384 for chunk in chunks)
+    usage = UsageRecord.objects.get(request_id=f"embed:{document.id}:1")
+    assert (usage.kind, usage.user_id, usage.document_id) == ("embedding", document.owner_id, document.id)
+    # Billed tokens include the title header embedded with each chunk (see `embedding_text`).
+    assert usage.prompt_tokens > document.token_count
+
+
+def test_markdown_chunks_carry_their_heading_path(celery_workers, post_file):
+    response = post_file(hostile_files.sample_markdown(), name="guide.md")
+
+    document = wait_for(response.json()["id"])
+
+    assert document.status == "ready"
+    chunks = assert_one_chunk_set(document)
+    install = next(chunk for chunk in chunks if "Step one." in chunk.text)
+    assert install.heading_path == ["Guide", "Install"]
+    assert install.page is None
+    assert document.pages is None
+
+
+def test_docx_chunks_carry_headings_and_pages(celery_workers, post_file):
+    response = post_file(hostile_files.sample_docx(), name="handbook.docx")
+
+    document = wait_for(response.json()["id"])
+
+    assert document.status == "ready", document.error
+    chunks = assert_one_chunk_set(document)
+    assert any(chunk.heading_path for chunk in chunks)
+    assert all(chunk.page is not None for chunk in chunks)
+
+
+HOSTILE = [
+    pytest.param(hostile_files.encrypted_pdf, "secret.pdf", "password-protected", id="encrypted-pdf"),
+    pytest.param(hostile_files.truncated_pdf, "cut.pdf", "damaged", id="truncated-pdf"),
+    pytest.param(hostile_files.image_only_pdf, "scan.pdf", "no text layer", id="image-only-pdf"),
+    pytest.param(hostile_files.docx_zip_bomb, "bomb.docx", "zip bomb", id="docx-zip-bomb"),
+    pytest.param(hostile_files.docx_entity_bomb, "laughs.docx", "entity bomb", id="docx-entity-bomb"),
+    pytest.param(hostile_files.pdf_decompression_bomb, "bomb.pdf", "decompression bomb", id="pdf-decompression-bomb"),
+]
+
+
+@pytest.mark.parametrize(("builder", "name", "reason"), HOSTILE)
+def test_hostile_file_fails_with_its_reason_and_the_worker_goes_on(celery_workers, post_file, builder, name, reason):
+    hostile = post_file(builder(), name=name)
+    good = post_file(f"A good document uploaded after {name}.\n".encode(), name="good.txt")
+    assert (hostile.status_code, good.status_code) == (201, 201)
+
+    failed = wait_for(hostile.json()["id"], timeout=120)
+    ready = wait_for(good.json()["id"], timeout=120)
+
+    assert failed.status == "failed"
+    assert reason in failed.error
+    assert failed.attempts == 1  # a bad file is never retried
+    assert not Chunk.objects.filter(document=failed).exists()
+    assert ready.status == "ready"
+    assert ready.chunk_count == 1
+
+
+def test_exhausted_token_quota_fails_the_document_with_the_reason(celery_workers, post_file):
+    catalog_ensure()
+    Plan.objects.filter(is_default=True).update(monthly_token_quota=0)
+
+    document = wait_for(post_file(b"Nothing will be embedded.\n", name="q.txt").json()["id"])
+
+    assert document.status == "failed"
+    assert "monthly token quota is used up" in document.error
+    assert not Chunk.objects.filter(document=document).exists()
+
+
+def test_running_the_task_again_for_a_ready_document_changes_nothing(celery_workers, post_file):
+    document = wait_for(post_file(hostile_files.sample_pdf()).json()["id"])
+    chunk_ids = set(Chunk.objects.filter(document=document).values_list("id", flat=True))
+
+    report = document_ingest(document_id=document.id)
+
+    assert report.outcome == "skipped"
+    assert set(Chunk.objects.filter(document=document).values_list("id", flat=True)) == chunk_ids
+
+
+def test_rerun_after_an_interrupted_run_leaves_exactly_one_chunk_set(celery_workers, post_file):
+    document = wait_for(post_file(hostile_files.sample_pdf()).json()["id"])
+    first_texts = [chunk.text for chunk in assert_one_chunk_set(document)]
+    # What a worker killed mid-document leaves: status processing, some chunks of its run already stored.
+    Document.objects.filter(id=document.id).update(status="processing", progress=40)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO documents_chunk (document_id, owner_id, ordinal, text, page, heading_path, token_count, "
+            "embedding) SELECT document_id, owner_id, ordinal + 1000, text, page, heading_path, token_count, "
+            "embedding FROM documents_chunk WHERE document_id = %s",
+            [document.id],
+        )
+
+    report = document_ingest(document_id=document.id)
+
+    document.refresh_from_db()
+    assert report.outcome == "ready"
+    assert document.status == "ready"
+    assert [chunk.text for chunk in assert_one_chunk_set(document)] == first_texts
+    assert document.attempts == 2
+
+
+def test_a_second_delivery_while_a_run_holds_the_document_leaves_it_alone(celery_workers, post_file, django_db_blocker):
+    document = wait_for(post_file(hostile_files.sample_pdf()).json()["id"])
+    Document.objects.filter(id=document.id).update(status="processing")
+    # Another session (a live worker) holds the run lock.
+    import psycopg
+
+    from documents.services.ingest import _LOCK_NAMESPACE
+
+    settings_dict = connection.settings_dict
+    other = psycopg.connect(
+        dbname=settings_dict["NAME"],
+        user=settings_dict["USER"],
+        host=settings_dict["HOST"],
+        port=settings_dict["PORT"] or None,
+        password=settings_dict["PASSWORD"] or None,
+        autocommit=True,
+    )
+    try:
+        other.execute("SELECT pg_advisory_lock(%s, %s)", [_LOCK_NAMESPACE, document.id])
+        report = document_ingest(document_id=document.id)
+    finally:
+        other.close()
+
+    assert report.outcome == "skipped"
+    document.refresh_from_db()
+    assert (document.status, document.attempts) == ("processing", 1)
+
+
+def test_transient_errors_retry_with_a_bound_then_fail_with_the_reason(
+    celery_workers, post_file, settings, monkeypatch
+):
+    settings.INGEST_RETRY_BACKOFF_SECONDS = 0
+    calls = []
+
+    class Unavailable:
+        model, dimensions = "all-MiniLM-L6-v2", 384
+
+        def __init__(self, real):
+            self.real = real
+            self.tokenizer = real.tokenizer
+            self.max_input_tokens = real.max_input_tokens
+
+        def embed_documents(self, texts):
+            calls.append(len(texts))
+            raise TransientIngestionError("The embedding service is unavailable; the document will be retried.")
+
+    from documents import embedders
+
+    real = embedders.configured_embedder()
+    monkeypatch.setattr(embedders, "configured_embedder", lambda: Unavailable(real))
+
+    document = wait_for(post_file(b"Some text to embed.\n", name="t.txt").json()["id"], timeout=60)
+
+    assert document.status == "failed"
+    assert "embedding service is unavailable" in document.error
+    assert "Gave up after 3 attempts" in document.error
+    assert document.attempts == 3 == len(calls)

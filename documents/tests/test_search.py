@@ -1,0 +1,206 @@
+"""Hybrid search over the caller's ready documents: the selector and POST /api/v1/search/."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from django.db import connection, transaction
+
+from accounts.tests.factories import UserFactory
+from documents.embedders import configured_embedder
+from documents.models import Document
+from documents.search import chunk_search, nearest_chunk_ids, set_ann_parameters, vector_sql
+from documents.services.store import StoredChunk, chunks_copy
+
+pytestmark = pytest.mark.django_db
+
+FACTS = [
+    "The Normans conquered England in 1066 after the Battle of Hastings.",
+    "Photosynthesis turns sunlight, water and carbon dioxide into glucose and oxygen.",
+    "The Rhine flows from the Swiss Alps through Germany to the North Sea.",
+    "Gnuplot draws a logarithmic y axis after the command set logscale y.",
+    "Part number XQ-4471 is the replacement gasket for the pump housing.",
+    "Mitochondria produce most of the chemical energy that powers a cell.",
+]
+
+
+def ready_document(owner, texts, *, title="Facts", status="ready", vectors=None) -> Document:
+    document = Document.objects.create(
+        owner=owner,
+        title=title,
+        filename=f"{title}.txt",
+        content_type="text/plain",
+        kind="text",
+        size_bytes=sum(map(len, texts)),
+        sha256=hashlib.sha256(repr((title, texts)).encode()).hexdigest(),
+        status=status,
+        chunk_count=len(texts),
+    )
+    if vectors is None:
+        vectors = configured_embedder().embed_documents(texts).vectors
+    chunks_copy(
+        document_id=document.id,
+        owner_id=owner.id,
+        chunks=[
+            StoredChunk(
+                ordinal=i,
+                text=text,
+                page=i + 1,
+                heading_path=("Facts", f"Fact {i}"),
+                token_count=len(text) // 4,
+                embedding=vector,
+            )
+            for i, (text, vector) in enumerate(zip(texts, vectors, strict=True))
+        ],
+    )
+    return document
+
+
+def test_semantic_question_finds_the_fact_that_answers_it(user):
+    document = ready_document(user, FACTS)
+
+    result = chunk_search(user=user, query="Which organelle generates energy inside cells?", k=3)
+
+    top = result.hits[0]
+    assert top.text == FACTS[5]
+    assert (top.document_id, top.document_title, top.page, top.heading_path) == (
+        document.id,
+        "Facts",
+        6,
+        ["Facts", "Fact 5"],
+    )
+    assert result.embedding_model == "all-MiniLM-L6-v2"
+    assert result.query_tokens > 0
+    assert [hit.score for hit in result.hits] == sorted((hit.score for hit in result.hits), reverse=True)
+
+
+def test_exact_code_found_through_the_keyword_half(user):
+    ready_document(user, FACTS)
+
+    result = chunk_search(user=user, query="XQ-4471", k=2)
+
+    assert result.hits[0].text == FACTS[4]
+
+
+def test_only_the_callers_ready_documents_are_searched(user, other_user):
+    ready_document(other_user, FACTS, title="Theirs")
+    ready_document(user, FACTS[:2], title="Processing", status="processing")
+    mine = ready_document(user, FACTS[2:4], title="Mine")
+
+    result = chunk_search(user=user, query="Normans conquered England", k=10)
+
+    assert {hit.document_id for hit in result.hits} == {mine.id}
+
+
+def test_document_ids_restrict_the_search(user):
+    first = ready_document(user, FACTS[:3], title="First")
+    second = ready_document(user, FACTS[3:], title="Second")
+
+    result = chunk_search(user=user, query="Normans conquered England", k=10, document_ids=[second.id])
+
+    assert {hit.document_id for hit in result.hits} == {second.id}
+    assert first.id not in {hit.document_id for hit in result.hits}
+
+
+def test_search_without_ready_documents_is_empty(user):
+    assert chunk_search(user=user, query="anything", k=5).hits == []
+
+
+def _near(center: np.ndarray, count: int, spread: float, rng) -> np.ndarray:
+    vectors = center + spread * rng.standard_normal((count, center.size)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _crowd(user, count=2000, spread=0.02, seed=7):
+    """Another owner's chunks packed around the query: every early HNSW candidate belongs to them."""
+    rng = np.random.default_rng(seed)
+    query = configured_embedder().embed_query("orchard apple pruning").vectors[0]
+    crowd = UserFactory()
+    ready_document(crowd, [f"crowd {i}" for i in range(count)], title="Crowd", vectors=_near(query, count, spread, rng))
+    mine = ready_document(
+        user,
+        [f"far away {i}" for i in range(20)],
+        title="Mine",
+        vectors=_near(rng.standard_normal(query.size).astype(np.float32), 20, 0.3, rng),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE documents_chunk")
+    return query, mine
+
+
+def test_owner_with_few_chunks_among_many_gets_k_results_through_hnsw(user, settings):
+    settings.SEARCH_EXACT_MAX_CHUNKS = 0  # the approximate path, whatever the owner's size
+    query, mine = _crowd(user)
+
+    found = nearest_chunk_ids(owner_id=user.id, document_ids=[mine.id], vector=query, limit=10, exact=False)
+    result = chunk_search(user=user, query="orchard apple pruning", k=10)
+
+    assert len(found) == 10
+    assert len(result.hits) == 10
+    # The same scan without pgvector's iterative scan stops after ef_search candidates, all someone else's.
+    with transaction.atomic(), connection.cursor() as cursor:
+        set_ann_parameters(candidates=10)
+        cursor.execute("SET LOCAL hnsw.iterative_scan = off")
+        cursor.execute(
+            vector_sql(exact=False), {"vector": query, "owner": user.id, "documents": [mine.id], "candidates": 10}
+        )
+        assert len(cursor.fetchall()) < 10
+
+
+def test_approximate_search_recall_at_10_against_exact_scan(user, settings):
+    rng = np.random.default_rng(3)
+    embedder = configured_embedder()
+    centers = embedder.embed_documents(FACTS).vectors
+    # Clustered like real embeddings: six topics, each a cloud of near-duplicates.
+    mine = ready_document(
+        user,
+        [f"mine {i}" for i in range(1200)],
+        title="Mine",
+        vectors=np.concatenate([_near(c, 200, 0.04, rng) for c in centers]),
+    )
+    ready_document(
+        UserFactory(),
+        [f"other {i}" for i in range(1200)],
+        title="Other",
+        vectors=np.concatenate([_near(c, 200, 0.04, rng) for c in centers]),
+    )
+    queries = np.concatenate([_near(c, 5, 0.04, rng) for c in centers])
+
+    recalls = []
+    for query in queries:
+        exact = nearest_chunk_ids(owner_id=user.id, document_ids=[mine.id], vector=query, limit=10, exact=True)
+        approximate = nearest_chunk_ids(owner_id=user.id, document_ids=[mine.id], vector=query, limit=10, exact=False)
+        recalls.append(len(set(exact) & set(approximate)) / 10)
+
+    assert np.mean(recalls) >= 0.9
+
+
+def test_search_api_returns_results_in_the_documented_shape(api, user):
+    document = ready_document(user, FACTS)
+
+    response = api.post("/api/v1/search/", {"query": "Battle of Hastings", "k": 2}, format="json")
+
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert len(results) == 2
+    assert {"document_id", "document_title", "chunk_id", "page", "text", "score"} <= set(results[0])
+    assert results[0]["document_id"] == document.id
+    assert results[0]["text"] == FACTS[0]
+
+
+@pytest.mark.parametrize("body", [{"query": ""}, {"query": "x", "k": 51}, {"query": "x", "k": 0}, {}])
+def test_search_api_rejects_invalid_requests(api, body):
+    response = api.post("/api/v1/search/", body, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_search_api_ignores_other_users_document_ids(api, other_user):
+    theirs = ready_document(other_user, FACTS)
+
+    response = api.post("/api/v1/search/", {"query": "Hastings", "document_ids": [theirs.id]}, format="json")
+
+    assert response.json()["results"] == []
