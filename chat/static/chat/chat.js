@@ -169,6 +169,17 @@
     const data = await response.json();
     conversationId = data.id;
     history.replaceState(null, "", data.url);
+    const list = document.querySelector(".conversation-list");
+    if (list) {
+      list.querySelector(".muted")?.remove();
+      const item = document.createElement("li");
+      item.className = "active";
+      const link = document.createElement("a");
+      link.href = data.url;
+      link.textContent = input.value.trim().slice(0, 80) || "New conversation";
+      item.append(link);
+      list.prepend(item);
+    }
     connect();
   }
 
