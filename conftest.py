@@ -41,43 +41,37 @@ def redis_client() -> Iterator[redis_lib.Redis]:
 
 @pytest.fixture(scope="session")
 def celery_workers(django_db_setup, django_db_blocker) -> Iterator[dict]:
-    """One worker per queue, as in production: `ingest` (solo here; prefork needs its own process) and `llm`
-    (threads). Tests that use them need `transactional_db` so that the workers see committed rows.
+    """A real Celery worker consuming both queues (`ingest` and `llm`), in threads of the test process so that
+    it sees the test database. Tests that use it need `transactional_db` so the worker sees committed rows.
 
-    Celery's `start_worker` helper is not used: stopping one of two such workers resets the process-wide
-    termination flag while the other may not have seen it yet, and that worker then never stops.
+    One worker, not one per queue: two worker controllers in one process share kombu's broker connections and,
+    now and then, one of them blocks forever on a reply meant for the other. Celery's `start_worker` helper is
+    not used either: it resets the process-wide termination flag on exit.
     """
     from celery.contrib.testing.worker import TestWorkController, setup_app_for_worker
     from celery.result import _set_task_join_will_block
     from celery.worker import state
 
-    from config.celery import app
+    from config.celery import QUEUES, app
 
     setup_app_for_worker(app, "WARNING", None)
-    specs = {"ingest": ("solo", 1), "llm": ("threads", 8)}
-    workers, threads = {}, []
     with django_db_blocker.unblock():
-        for queue, (pool, concurrency) in specs.items():
-            worker = TestWorkController(
-                app=app, concurrency=concurrency, hostname=f"{queue}@test", pool=pool, queues=[queue],
-                loglevel="WARNING", logfile=None, ready_callback=None, without_heartbeat=True, without_mingle=True,
-                without_gossip=True,
-            )
-            thread = threading.Thread(target=worker.start, name=f"celery-{queue}", daemon=True)
-            thread.start()
-            worker.ensure_started()
-            workers[queue] = worker
-            threads.append(thread)
+        worker = TestWorkController(
+            app=app, concurrency=8, hostname="worker@test", pool="threads", queues=list(QUEUES),
+            loglevel="WARNING", logfile=None, ready_callback=None, without_heartbeat=True, without_mingle=True,
+            without_gossip=True,
+        )
+        thread = threading.Thread(target=worker.start, name="celery-worker", daemon=True)
+        thread.start()
+        worker.ensure_started()
         _set_task_join_will_block(False)
-        yield workers
+        yield {queue: worker for queue in QUEUES}
         # Work a test enqueued but did not wait for must not hold the session open.
         app.control.purge()
         state.should_terminate = 0
-        for thread in threads:
-            thread.join(90)
+        thread.join(90)
         state.should_terminate = None
-        stuck = [thread.name for thread in threads if thread.is_alive()]
-        assert not stuck, f"Celery worker threads did not stop: {stuck}"
+        assert not thread.is_alive(), "the Celery worker thread did not stop"
 
 
 def _free_port() -> int:

@@ -243,7 +243,7 @@ class Stack:
         import redis
 
         client = redis.Redis.from_url(self.env["REDIS_URL"])
-        for pattern in ("docent:chat:*", "bench:chat:lim:*", "docent:workers:*"):
+        for pattern in ("docent:chat:*", "bench:chat:lim:*", "docent:workers:*", "_kombu.*"):
             for key in client.scan_iter(match=pattern, count=1000):
                 client.unlink(key)
         client.delete("llm", "celery")

@@ -8,12 +8,12 @@ import time
 from typing import Any
 
 from channels.consumer import get_handler_name
-from channels.db import DatabaseSyncToAsync
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.http import Http404
 
 from chat import events, prompting
+from chat.asyncdb import db
 from chat.errors import error_event
 from chat.models import Conversation, Message
 from chat.selectors import conversation_get, message_find, message_get
@@ -22,13 +22,9 @@ from chat.services import chat_ask, message_cancel
 logger = logging.getLogger(__name__)
 
 # Load the tokenizer (~0.3 s) in the background as soon as the ASGI app routes here, not in the first question.
-threading.Thread(target=prompting.count_tokens, args=("warm up",), name="chat-tokenizer-warm-up", daemon=True).start()
-
-
-def db(fn):
-    # The loop's shared executor keeps its threads' database connections; the thread-sensitive default would
-    # funnel every socket of the process through one thread.
-    return DatabaseSyncToAsync(fn, thread_sensitive=False)
+threading.Thread(
+    target=prompting.count_tokens, args=("warm up",), name="chat-tokenizer-warm-up", daemon=True
+).start()
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):

@@ -23,20 +23,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import close_old_connections
 
 from chat import events
+from chat.asyncdb import call_tidily
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def _with_connection_hygiene(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    close_old_connections()
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        close_old_connections()
 
 
 class Runtime:
@@ -67,7 +59,7 @@ class Runtime:
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking Django code on a database thread."""
-        call = functools.partial(_with_connection_hygiene, fn, *args, **kwargs)
+        call = functools.partial(call_tidily, fn, *args, **kwargs)
         return await self.loop.run_in_executor(self.db_executor, call)
 
     def track(self, message_id: int, task: asyncio.Task[Any]) -> None:

@@ -165,7 +165,7 @@ _limits_cache: dict[str, tuple[float, tuple[int, int]]] = {}
 
 
 def _model_limits(model: str) -> tuple[int, int]:
-    # Context windows change when an admin edits a price row: a few seconds of staleness spares a query per ask.
+    # Context windows change when an admin edits a price row: half a minute of staleness spares a query per ask.
     cached = _limits_cache.get(model)
     now = time.monotonic()
     if cached is None or now - cached[0] > _LIMITS_TTL_SECONDS:
@@ -398,10 +398,10 @@ async def _prepare(runtime: Runtime, message_id: int) -> Job | None:
             budget=answer.prompt_budget or settings.CHAT_MAX_PROMPT_TOKENS,
             context_budget=settings.CHAT_CONTEXT_TOKENS, question_tokens=question.content_tokens,
         )
-    except Exception as exc:
+    except Exception:
         logger.exception("could not prepare answer %s", message_id)
         await runtime.db(_answer_fail_before_stream, answer, code="retrieval_failed",
-                         text=f"Searching your documents failed; please try again. ({exc})")
+                         text="Searching your documents failed; please try again.")
         return None
     return Job(
         message_id=answer.id,
@@ -534,19 +534,18 @@ def _answer_fail_before_stream(message: Message, *, code: str, text: str) -> Non
 def _answer_interrupted(message: Message) -> None:
     key = events.stream_key(message.id)
     entries = events.redis_client().xrange(key)
-    parts, seq = [], 1
+    parts, seq, ended = [], 1, False
     for entry_id, fields in entries:
-        seq = int(entry_id.split(b"-", 1)[0])
         if fields[b"t"] == b"token":
+            seq = int(entry_id.split(b"-", 1)[0])
             parts.append(json.loads(fields[b"e"])["text"])
-        elif fields[b"t"] == b"done":
-            return  # it did finish; only the save was lost
+        ended = ended or fields[b"t"] == b"done"  # the stream was closed but the save was lost
     text = "".join(parts)
     reservation = reservation_load(message.reservation)
     cost = Decimal(0)
     completion_tokens = count_tokens(text) if text else 0
     try:
-        if text:
+        if text:  # idempotent per request id: a settle that did happen before the crash is not repeated
             record = llm_settle(reservation=reservation, user=message.conversation.owner, model=message.model,
                                 prompt_tokens=message.prompt_tokens, completion_tokens=completion_tokens,
                                 latency_ms=0, request_id=message.request_id, message_id=message.id, kind="chat")
@@ -558,7 +557,7 @@ def _answer_interrupted(message: Message) -> None:
     _answer_save(message, content=text, finish_reason=Message.FinishReason.ERROR,
                  error=("interrupted", "The answer was interrupted by a server restart; please ask again."),
                  citations=[], prompt_tokens=message.prompt_tokens if text else 0,
-                 completion_tokens=completion_tokens, cost=cost, seq=seq)
+                 completion_tokens=completion_tokens, cost=cost, seq=seq, emit=not ended)
 
 
 def _answer_finish(job: Job, outcome: Outcome) -> None:
@@ -629,6 +628,7 @@ def _answer_save(
     seq: int,
     first_token_ms: int | None = None,
     total_ms: int | None = None,
+    emit: bool = True,
 ) -> None:
     message.content = content
     # Counted with the same tokenizer as the prompt budget, whatever the provider reported.
@@ -652,7 +652,8 @@ def _answer_save(
         title=Case(When(title="", then=Value(_title(question))), default=F("title")) if question else F("title"),
     )
     # The database first: a reader that sees `done` and then reads the message finds it saved.
-    events.append(message.id, events.closing_events(message), final=True)
+    if emit:
+        events.append(message.id, events.closing_events(message), final=True)
 
 
 def warm_up() -> None:

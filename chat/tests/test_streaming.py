@@ -254,3 +254,17 @@ def test_answer_settings_keep_the_stream_in_redis_for_the_ttl(live, llm, redis_c
 
     ttl = redis_client.ttl(events.stream_key(response.json()["id"]))
     assert settings.CHAT_STREAM_TTL_SECONDS - 10 < ttl <= settings.CHAT_STREAM_TTL_SECONDS
+
+
+def test_sse_sends_heartbeat_comments_while_the_model_is_silent(live, llm, settings) -> None:
+    settings.CHAT_SSE_HEARTBEAT_SECONDS = 0.2
+    user = chat_user()
+    llm.configure(first_token_ms=1000, text="Late but here.")
+
+    with httpx.stream("POST", f"{live}/api/v1/chat/", json={"message": "Slow?"}, timeout=10,
+                      headers={"Authorization": f"Bearer {api_key(user)}", "Accept": "text/event-stream"}) as response:
+        lines = list(response.iter_lines())
+
+    first_token = next(i for i, line in enumerate(lines) if line == "event: token")
+    assert lines[:first_token].count(": keep-alive") >= 3
+    assert "event: done" in lines[-4:]  # and then the server closed the stream
