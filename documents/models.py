@@ -81,3 +81,24 @@ class Chunk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.document_id}#{self.ordinal}"
+
+
+class LexemeCount(models.Model):
+    """How many of a document's chunks hold each lexeme of its text search vectors.
+
+    These are BM25's document frequencies: the keyword half of search sums them over the documents being
+    searched, which costs one index lookup per query word, where counting matching chunks would visit
+    thousands of rows for a common word in a large collection.
+    """
+
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="+")
+    # Denormalised like Chunk.owner, so that the lookup is one index range per word.
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False)
+    lexeme = models.TextField()
+    chunks = models.PositiveIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["owner", "lexeme"], name="lexeme_owner_lexeme")]
+
+    def __str__(self) -> str:
+        return f"{self.document_id}:{self.lexeme}={self.chunks}"

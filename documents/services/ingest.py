@@ -35,7 +35,13 @@ from documents.ingestion.extract import ExtractionLimits, extract_sections, pdf_
 from documents.ingestion.types import ChunkDraft, IngestionError, Kind, Section, TransientIngestionError
 from documents.models import Document
 from documents.services.progress import ProgressThrottle, document_push
-from documents.services.store import StoredChunk, chunks_copy, chunks_delete, vector_column_dimensions
+from documents.services.store import (
+    StoredChunk,
+    chunks_copy,
+    chunks_delete,
+    lexeme_counts_store,
+    vector_column_dimensions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -332,6 +338,8 @@ def _run(document: Document) -> IngestReport:
         locked = Document.objects.select_for_update().filter(id=document.id).first()
         if locked is None:
             raise DocumentVanished
+        with clock.stage("store"):
+            lexeme_counts_store(document_id=document.id, owner_id=document.owner_id)
         locked.status = Document.Status.READY
         locked.progress = 100
         locked.pages = pages or None

@@ -11,7 +11,7 @@ from django.utils import timezone
 from accounts.models import User
 from documents.models import Chunk, Document
 from documents.services.ingest import IngestReport, document_ingest
-from documents.services.store import CHUNK_TABLE, HNSW_INDEX, vector_column_dimensions
+from documents.services.store import CHUNK_TABLE, HNSW_INDEX, LEXEME_TABLE, vector_column_dimensions
 from documents.services.uploads import _enqueue_ingest
 
 
@@ -35,7 +35,7 @@ def embedding_column_resize(*, dimensions: int) -> int:
         # Deferred foreign-key checks still pending in an enclosing transaction would block TRUNCATE/ALTER.
         editor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         editor.remove_index(Chunk, index)
-        editor.execute(f"TRUNCATE {CHUNK_TABLE}")
+        editor.execute(f"TRUNCATE {CHUNK_TABLE}, {LEXEME_TABLE}")
         editor.execute(f"ALTER TABLE {CHUNK_TABLE} ALTER COLUMN embedding TYPE vector({int(dimensions)})")
         editor.add_index(Chunk, index)
     Document.objects.update(

@@ -9,9 +9,10 @@ import numpy as np
 from django.db import connection
 from pgvector.psycopg import register_vector
 
-from documents.models import Chunk
+from documents.models import Chunk, LexemeCount
 
 CHUNK_TABLE = Chunk._meta.db_table
+LEXEME_TABLE = LexemeCount._meta.db_table
 HNSW_INDEX = "chunk_embedding_hnsw"
 _HEADING_MAX = 300  # varchar(300)[]: binary COPY checks the length instead of truncating
 _COPY_SQL = (
@@ -62,8 +63,24 @@ def chunks_copy(*, document_id: int, owner_id: int, chunks: Sequence[StoredChunk
 
 
 def chunks_delete(*, document_id: int) -> int:
+    """Remove a document's chunks and their lexeme counts."""
     with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {LEXEME_TABLE} WHERE document_id = %s", [document_id])  # noqa: S608
         cursor.execute(f"DELETE FROM {CHUNK_TABLE} WHERE document_id = %s", [document_id])  # noqa: S608
+        return cursor.rowcount
+
+
+def lexeme_counts_store(*, document_id: int, owner_id: int) -> int:
+    """Count, per lexeme, the document's chunks holding it (from their stored text search vectors)."""
+    # ts_stat takes its query as text; the id is an int, so formatting it in is safe.
+    chunks_query = f"SELECT search_vector FROM {CHUNK_TABLE} WHERE document_id = {int(document_id)}"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {LEXEME_TABLE} WHERE document_id = %s", [document_id])  # noqa: S608
+        cursor.execute(
+            f"INSERT INTO {LEXEME_TABLE} (document_id, owner_id, lexeme, chunks) "  # noqa: S608
+            "SELECT %s, %s, word, ndoc FROM ts_stat(%s)",
+            [document_id, owner_id, chunks_query],
+        )
         return cursor.rowcount
 
 

@@ -10,7 +10,7 @@ from django.db import connection
 from billing.models import Plan, UsageRecord
 from billing.services import catalog_ensure
 from documents.ingestion.types import TransientIngestionError
-from documents.models import Chunk, Document
+from documents.models import Chunk, Document, LexemeCount
 from documents.services import document_ingest
 from documents.tests import hostile_files
 
@@ -50,6 +50,8 @@ def test_pdf_upload_becomes_ready_with_pages_chunks_and_tokens(celery_workers, p
     assert {chunk.page for chunk in chunks} == {1, 2, 3}
     assert all(chunk.owner_id == document.owner_id for chunk in chunks)
     assert all(len(chunk.embedding) == 384 for chunk in chunks)
+    apples = [chunk for chunk in chunks if "apples" in chunk.text]
+    assert LexemeCount.objects.get(document=document, lexeme="appl").chunks == len(apples)
     usage = UsageRecord.objects.get(request_id=f"embed:{document.id}:1")
     assert (usage.kind, usage.user_id, usage.document_id) == ("embedding", document.owner_id, document.id)
     # Billed tokens include the title header embedded with each chunk (see `embedding_text`).

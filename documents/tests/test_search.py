@@ -10,9 +10,9 @@ from django.db import connection, transaction
 
 from accounts.tests.factories import UserFactory
 from documents.embedders import configured_embedder
-from documents.models import Document
-from documents.search import chunk_search, nearest_chunk_ids, set_ann_parameters, vector_sql
-from documents.services.store import StoredChunk, chunks_copy
+from documents.models import Chunk, Document
+from documents.search import chunk_search, keyword_chunk_ids, nearest_chunk_ids, set_ann_parameters, vector_sql
+from documents.services.store import StoredChunk, chunks_copy, lexeme_counts_store
 
 pytestmark = pytest.mark.django_db
 
@@ -55,6 +55,7 @@ def ready_document(owner, texts, *, title="Facts", status="ready", vectors=None)
             for i, (text, vector) in enumerate(zip(texts, vectors, strict=True))
         ],
     )
+    lexeme_counts_store(document_id=document.id, owner_id=owner.id)
     return document
 
 
@@ -82,6 +83,23 @@ def test_exact_code_found_through_the_keyword_half(user):
     result = chunk_search(user=user, query="XQ-4471", k=2)
 
     assert result.hits[0].text == FACTS[4]
+
+
+def test_keyword_half_finds_an_exact_code_alone(user):
+    document = ready_document(user, FACTS)
+    gasket = Chunk.objects.get(document=document, ordinal=4)
+
+    assert keyword_chunk_ids(owner_id=user.id, document_ids=[document.id], text="XQ-4471", limit=3) == [gasket.id]
+
+
+def test_keyword_half_weighs_rare_words_above_common_ones(user):
+    texts = [f"Fruit stand {i} sells fruit, more fruit and fresh fruit." for i in range(8)]
+    texts.append("A quince ripens late in the autumn.")
+    document = ready_document(user, texts, vectors=np.eye(len(texts), 384, dtype=np.float32))
+
+    ranked = keyword_chunk_ids(owner_id=user.id, document_ids=[document.id], text="fruit quince", limit=3)
+
+    assert ranked[0] == Chunk.objects.get(document=document, ordinal=8).id
 
 
 def test_only_the_callers_ready_documents_are_searched(user, other_user):
@@ -143,9 +161,8 @@ def test_owner_with_few_chunks_among_many_gets_k_results_through_hnsw(user, sett
     with transaction.atomic(), connection.cursor() as cursor:
         set_ann_parameters(candidates=10)
         cursor.execute("SET LOCAL hnsw.iterative_scan = off")
-        cursor.execute(
-            vector_sql(exact=False), {"vector": query, "owner": user.id, "documents": [mine.id], "candidates": 10}
-        )
+        parameters = {"vector": query, "owner": user.id, "documents": [mine.id], "vector_candidates": 10}
+        cursor.execute(vector_sql(exact=False), parameters)
         assert len(cursor.fetchall()) < 10
 
 

@@ -12,8 +12,8 @@ from rest_framework.test import APIClient
 from accounts.services import api_key_create
 from billing.models import Plan
 from billing.services import catalog_ensure
-from documents.models import Chunk, Document
-from documents.services.store import StoredChunk, chunks_copy
+from documents.models import Chunk, Document, LexemeCount
+from documents.services.store import StoredChunk, chunks_copy, lexeme_counts_store
 from documents.tests import hostile_files
 
 pytestmark = pytest.mark.django_db
@@ -240,6 +240,7 @@ def _add_chunks(document: Document, count: int) -> None:
             for i in range(count)
         ],
     )
+    lexeme_counts_store(document_id=document.id, owner_id=document.owner_id)
 
 
 def test_delete_removes_the_file_chunks_and_vectors(post_file, api, django_capture_on_commit_callbacks):
@@ -247,6 +248,7 @@ def test_delete_removes_the_file_chunks_and_vectors(post_file, api, django_captu
     _add_chunks(document, 5)
     path = Path(document.file.path)
     assert path.exists() and Chunk.objects.filter(document=document).count() == 5
+    assert LexemeCount.objects.get(document=document, lexeme="chunk").chunks == 5
 
     with django_capture_on_commit_callbacks(execute=True):
         response = api.delete(f"/api/v1/documents/{document.id}/")
@@ -254,5 +256,6 @@ def test_delete_removes_the_file_chunks_and_vectors(post_file, api, django_captu
     assert response.status_code == 204
     assert not Document.objects.filter(id=document.id).exists()
     assert not Chunk.objects.filter(document_id=document.id).exists()
+    assert not LexemeCount.objects.filter(document_id=document.id).exists()
     assert not path.exists()
     assert api.get(f"/api/v1/documents/{document.id}/").status_code == 404
