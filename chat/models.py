@@ -45,6 +45,10 @@ class Message(models.Model):
     error_message = models.TextField(blank=True)
     # Assistant messages: the documents the question was restricted to (empty: all of the owner's).
     document_ids = models.JSONField(default=list, blank=True)
+    # Assistant messages asked through the OpenAI-compatible API: the caller's system/developer messages (sent
+    # after Docent's own rules), and whether the documents are searched at all.
+    instructions = models.JSONField(default=list, blank=True)
+    retrieval = models.BooleanField(default=True)
     citations = models.JSONField(default=list, blank=True)
     model = models.CharField(max_length=100, blank=True)
     max_tokens = models.PositiveIntegerField(default=0)

@@ -156,20 +156,50 @@ def render_data(excerpts: Sequence[str]) -> str:
     return "\n\n".join([DATA_HEADER, *(excerpts or [NO_DATA]), DATA_FOOTER])
 
 
-def fixed_cost(question_tokens: int) -> int:
-    """System prompt, question and reply priming: what every prompt costs before context and history."""
-    return REPLY_PRIMING + message_cost("system", SYSTEM_PROMPT) + message_cost(
-        "user", "", content_tokens=question_tokens
-    )
+def instructions_cost(instructions: Sequence[str]) -> int:
+    """The caller's own system messages (OpenAI-compatible API), each its own message."""
+    return sum(message_cost("system", text) for text in instructions)
 
 
-def prompt_bound(*, question_tokens: int, history: Sequence[int], budget: int, context_budget: int) -> int:
-    """The largest prompt `build_prompt` can produce for these inputs: what a reservation must cover.
+def fixed_cost(question_tokens: int, *, instructions: Sequence[str] = (), retrieval: bool = True) -> int:
+    """System prompt(s), question and reply priming: what every prompt costs before context and history.
+    Without retrieval Docent adds nothing of its own: neither its rules nor the data message."""
+    own = message_cost("system", SYSTEM_PROMPT) + message_cost("user", render_data([])) if retrieval else 0
+    return (REPLY_PRIMING + own + instructions_cost(instructions)
+            + message_cost("user", "", content_tokens=question_tokens))
 
-    `history` holds the content token counts of every earlier message."""
+
+def prompt_bound(
+    *,
+    question_tokens: int,
+    history: Sequence[int],
+    budget: int,
+    context_budget: int,
+    instructions: Sequence[str] = (),
+    retrieval: bool = True,
+) -> int:
+    """The largest prompt `build_prompt` / `build_plain_prompt` can produce for these inputs: what a
+    reservation must cover. `history` holds the content token counts of every earlier message."""
     history_cost = sum(MESSAGE_OVERHEAD + 1 + tokens for tokens in history)  # "user"/"assistant" are 1 token
-    data_cost = max(context_budget, message_cost("user", render_data([])))
-    return min(budget, fixed_cost(question_tokens) + data_cost + history_cost)
+    data_cost = max(0, context_budget - message_cost("user", render_data([]))) if retrieval else 0
+    return min(budget, fixed_cost(question_tokens, instructions=instructions, retrieval=retrieval)
+               + data_cost + history_cost)
+
+
+def _fit_history(history: Sequence[Turn], room: int) -> tuple[list[Turn], int]:
+    """The most recent turns that fit in `room` tokens, starting with a user turn; and the room left."""
+    kept: list[Turn] = []
+    for turn in reversed(history):
+        cost = message_cost(turn.role, turn.content, content_tokens=turn.tokens)
+        if cost > room:
+            break  # older turns without the ones between them would read as non-sequiturs
+        kept.append(turn)
+        room -= cost
+    kept.reverse()
+    while kept and kept[0].role != "user":
+        room += message_cost(kept[0].role, kept[0].content, content_tokens=kept[0].tokens)
+        kept.pop(0)
+    return kept, room
 
 
 def build_prompt(
@@ -180,14 +210,16 @@ def build_prompt(
     budget: int,
     context_budget: int,
     question_tokens: int | None = None,
+    instructions: Sequence[str] = (),
 ) -> Prompt:
-    """System prompt, then as much recent history as fits, then the excerpts (best first, at most
-    `context_budget` tokens), then the question; at most `budget` prompt tokens in all.
+    """System prompt, then the caller's own instructions (API callers' system messages, after Docent's rules),
+    then as much recent history as fits, then the excerpts (best first, at most `context_budget` tokens), then
+    the question; at most `budget` prompt tokens in all.
 
-    Raises PromptTooLong when the system prompt and the question alone do not fit."""
+    Raises PromptTooLong when the system prompts and the question alone do not fit."""
     question_tokens = count_tokens(question) if question_tokens is None else question_tokens
-    base = fixed_cost(question_tokens)
     empty_data = message_cost("user", render_data([]))
+    base = fixed_cost(question_tokens, instructions=instructions) - empty_data
     if base + empty_data > budget:
         raise PromptTooLong(needed=base + empty_data, budget=budget)
 
@@ -209,21 +241,10 @@ def build_prompt(
         data = render_data([excerpt for _, excerpt in chosen])
         data_cost = message_cost("user", data)
 
-    history_room = budget - base - data_cost
-    kept: list[Turn] = []
-    for turn in reversed(history):
-        cost = message_cost(turn.role, turn.content, content_tokens=turn.tokens)
-        if cost > history_room:
-            break  # older turns without the ones between them would read as non-sequiturs
-        kept.append(turn)
-        history_room -= cost
-    kept.reverse()
-    while kept and kept[0].role != "user":
-        history_room += message_cost(kept[0].role, kept[0].content, content_tokens=kept[0].tokens)
-        kept.pop(0)
-
+    kept, history_room = _fit_history(history, budget - base - data_cost)
     messages = [
         {"role": "system", "content": SYSTEM_PROMPT},
+        *({"role": "system", "content": text} for text in instructions),
         *({"role": turn.role, "content": turn.content} for turn in kept),
         {"role": "user", "content": data},
         {"role": "user", "content": question},
@@ -247,6 +268,32 @@ def build_prompt(
         history_used=len(kept),
         history_dropped=len(history) - len(kept),
     )
+
+
+def build_plain_prompt(
+    *,
+    question: str,
+    history: Sequence[Turn],
+    budget: int,
+    question_tokens: int | None = None,
+    instructions: Sequence[str] = (),
+) -> Prompt:
+    """The caller's conversation as given, without retrieval: their system messages, as much recent history as
+    fits, and the question. Docent adds nothing (the API's `docent.retrieval: false`).
+
+    Raises PromptTooLong when the instructions and the question alone do not fit."""
+    question_tokens = count_tokens(question) if question_tokens is None else question_tokens
+    base = fixed_cost(question_tokens, instructions=instructions, retrieval=False)
+    if base > budget:
+        raise PromptTooLong(needed=base, budget=budget)
+    kept, history_room = _fit_history(history, budget - base)
+    messages = [
+        *({"role": "system", "content": text} for text in instructions),
+        *({"role": turn.role, "content": turn.content} for turn in kept),
+        {"role": "user", "content": question},
+    ]
+    return Prompt(messages=messages, prompt_tokens=budget - history_room, history_used=len(kept),
+                  history_dropped=len(history) - len(kept))
 
 
 _CITATION_RE = re.compile(r"\[(\d{1,3})\]")

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -35,13 +36,12 @@ from chat.models import Conversation, Message
 from chat.prompting import (
     Prompt,
     Turn,
+    build_plain_prompt,
     build_prompt,
     cited_sources,
     count_tokens,
     fixed_cost,
-    message_cost,
     prompt_bound,
-    render_data,
 )
 from chat.providers import AnswerRequest, Completion, ProviderError, get_provider
 from chat.runtime import Runtime, get_runtime
@@ -174,14 +174,27 @@ def _model_limits(model: str) -> tuple[int, int]:
     return cached[1]
 
 
-def _budget(model: str) -> Budget:
+def _budget(model: str, *, max_tokens: int | None = None, fixed: int) -> Budget:
+    """Room for the answer and the prompt inside the model's window. `fixed` is what every prompt of this ask
+    costs before history and context; an explicit `max_tokens` that leaves it no room is refused."""
     window, default_max = _model_limits(model)
-    max_tokens = settings.CHAT_MAX_TOKENS or default_max or 1024
-    # A prompt needs room for at least the system prompt and a short question.
-    floor = fixed_cost(0) + message_cost("user", render_data([])) + 64
+    floor = fixed + 64  # and a little history or context
+    if max_tokens is not None and max_tokens > window - floor:
+        raise InvalidQuestion(f"max_tokens is too large: {model} has a context window of {window} tokens and "
+                              f"this prompt needs at least {floor}, leaving room for at most {window - floor}.")
+    max_tokens = max_tokens or settings.CHAT_MAX_TOKENS or default_max or 1024
     max_tokens = max(1, min(max_tokens, window - floor))
     return Budget(model=model, max_tokens=max_tokens,
                   prompt_budget=min(settings.CHAT_MAX_PROMPT_TOKENS, window - max_tokens))
+
+
+def _clean_question(question: Any) -> str:
+    question = question.strip() if isinstance(question, str) else ""
+    if not question:
+        raise InvalidQuestion("Type a question first.")
+    if len(question) > settings.CHAT_MAX_QUESTION_CHARS:
+        raise InvalidQuestion(f"Questions are limited to {settings.CHAT_MAX_QUESTION_CHARS} characters.")
+    return question
 
 
 def chat_ask(
@@ -196,26 +209,63 @@ def chat_ask(
     `conversation` must be the user's (the caller got it through `conversation_get`); None starts a new one.
     Raises billing's LimitExceeded / ModelNotAllowed before saving anything, InvalidQuestion, InvalidDocuments.
     """
-    question = (question or "").strip() if isinstance(question, str) else ""
-    if not question:
-        raise InvalidQuestion("Type a question first.")
-    if len(question) > settings.CHAT_MAX_QUESTION_CHARS:
-        raise InvalidQuestion(f"Questions are limited to {settings.CHAT_MAX_QUESTION_CHARS} characters.")
+    return _ask(user=user, question=_clean_question(question), conversation=conversation,
+                document_ids=document_ids)
+
+
+def completion_ask(
+    *,
+    user: User,
+    question: str,
+    history: Sequence[tuple[str, str]] = (),
+    instructions: Sequence[str] = (),
+    model: str | None = None,
+    max_tokens: int | None = None,
+    retrieval: bool = True,
+    document_ids: list[int] | None = None,
+) -> Message:
+    """An OpenAI-style completion: the caller's conversation (`history` of (role, text), then `question`) saved
+    as a new conversation and its question answered like any chat question, with the caller's model,
+    `max_tokens` and system messages (`instructions`, sent after Docent's own rules). Without `retrieval` the
+    model gets the caller's messages as they are, with no documents and no Docent prompt.
+
+    Raises what `chat_ask` raises, before anything is saved or charged."""
+    question = _clean_question(question)
+    if not retrieval and document_ids:
+        raise InvalidDocuments("document_ids restricts retrieval; it cannot be combined with retrieval off.")
+    turns = [(role, text, count_tokens(text)) for role, text in history if text.strip()]
+    return _ask(user=user, question=question, history=turns, instructions=[t for t in instructions if t.strip()],
+                model=model, max_tokens=max_tokens, retrieval=retrieval, document_ids=document_ids)
+
+
+def _ask(
+    *,
+    user: User,
+    question: str,
+    conversation: Conversation | None = None,
+    history: Sequence[tuple[str, str, int]] = (),
+    instructions: Sequence[str] = (),
+    model: str | None = None,
+    max_tokens: int | None = None,
+    retrieval: bool = True,
+    document_ids: list[int] | None = None,
+) -> Message:
     chosen = _document_ids(user, document_ids)
-    budget = _budget(settings.LLM_MODEL)
     question_tokens = count_tokens(question)
-    # The worst case: a new conversation has no history to send; an existing one may fill the whole budget
-    # (counting its history here would cost a query on every ask, and settling corrects the charge anyway).
+    fixed = fixed_cost(question_tokens, instructions=instructions, retrieval=retrieval)
+    budget = _budget(model or settings.LLM_MODEL, max_tokens=max_tokens, fixed=fixed)
+    if fixed > budget.prompt_budget:
+        raise InvalidQuestion(f"This question is too long for the model ({fixed} prompt tokens; at most "
+                              f"{budget.prompt_budget}).")
+    # The worst case: a new conversation holds only the history given here; an existing one may fill the whole
+    # budget (counting its history here would cost a query on every ask, and settling corrects the charge anyway).
     estimate = (
-        prompt_bound(question_tokens=question_tokens, history=[], budget=budget.prompt_budget,
-                     context_budget=settings.CHAT_CONTEXT_TOKENS)
+        prompt_bound(question_tokens=question_tokens, history=[tokens for _, _, tokens in history],
+                     budget=budget.prompt_budget, context_budget=settings.CHAT_CONTEXT_TOKENS,
+                     instructions=instructions, retrieval=retrieval)
         if conversation is None
         else budget.prompt_budget
     )
-    needed = fixed_cost(question_tokens) + message_cost("user", render_data([]))
-    if needed > budget.prompt_budget:
-        raise InvalidQuestion(f"This question is too long for the model ({needed} prompt tokens; at most "
-                              f"{budget.prompt_budget}).")
     request_id = f"chat-{uuid.uuid4().hex}"
     reservation = llm_reserve(user=user, model=budget.model, prompt_tokens=estimate, max_tokens=budget.max_tokens,
                               request_id=request_id, stream=True)
@@ -224,6 +274,8 @@ def chat_ask(
             _relaxed_commit()
             if conversation is None:
                 conversation = Conversation.objects.create(owner=user, title=_title(question))
+            earlier = [Message(conversation=conversation, role=role, content=text, content_tokens=tokens,
+                               status=Message.Status.DONE) for role, text, tokens in history]
             asked = Message(conversation=conversation, role=Message.Role.USER, content=question,
                             content_tokens=question_tokens, status=Message.Status.DONE)
             answer = Message(
@@ -231,13 +283,15 @@ def chat_ask(
                 role=Message.Role.ASSISTANT,
                 status=Message.Status.PENDING,
                 document_ids=chosen,
+                instructions=list(instructions),
+                retrieval=retrieval,
                 model=budget.model,
                 max_tokens=budget.max_tokens,
                 prompt_budget=estimate,
                 request_id=request_id,
                 reservation=reservation_dump(reservation),
             )
-            Message.objects.bulk_create([asked, answer])  # one round trip for both rows
+            Message.objects.bulk_create([*earlier, asked, answer])  # one round trip for every row
             transaction.on_commit(lambda: _dispatch(answer))
     except BaseException:
         with contextlib.suppress(Exception):
@@ -379,7 +433,7 @@ async def _prepare(runtime: Runtime, message_id: int) -> Job | None:
         return None
     answer, question, owner = head
     retrieval = None
-    if question is not None and answer.status == Message.Status.PENDING:
+    if question is not None and answer.status == Message.Status.PENDING and answer.retrieval:
         retrieval = asyncio.get_running_loop().create_task(
             runtime.db(_retrieve, owner, question.content, answer.document_ids)
         )
@@ -390,14 +444,22 @@ async def _prepare(runtime: Runtime, message_id: int) -> Job | None:
                 await retrieval
         return None
     try:
-        if retrieval is None:
+        if question is None:
             raise InvalidQuestion("The question of this answer is missing.")
-        hits, retrieval_ms = await retrieval
-        prompt = await runtime.db(
-            build_prompt, question=question.content, hits=hits, history=turns,
-            budget=answer.prompt_budget or settings.CHAT_MAX_PROMPT_TOKENS,
-            context_budget=settings.CHAT_CONTEXT_TOKENS, question_tokens=question.content_tokens,
-        )
+        budget = answer.prompt_budget or settings.CHAT_MAX_PROMPT_TOKENS
+        if retrieval is None:  # the caller turned retrieval off
+            retrieval_ms = 0
+            prompt = await runtime.db(
+                build_plain_prompt, question=question.content, history=turns, budget=budget,
+                question_tokens=question.content_tokens, instructions=answer.instructions,
+            )
+        else:
+            hits, retrieval_ms = await retrieval
+            prompt = await runtime.db(
+                build_prompt, question=question.content, hits=hits, history=turns, budget=budget,
+                context_budget=settings.CHAT_CONTEXT_TOKENS, question_tokens=question.content_tokens,
+                instructions=answer.instructions,
+            )
     except Exception:
         logger.exception("could not prepare answer %s", message_id)
         await runtime.db(_answer_fail_before_stream, answer, code="retrieval_failed",

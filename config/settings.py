@@ -236,6 +236,8 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # Swagger UI would otherwise send the schema to validator.swagger.io from the reader's browser.
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+    # The streaming (SSE) chat endpoints are async Django views that drf-spectacular cannot see.
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "chat.openapi.sse_endpoints"],
 }
 
 # django-ratelimit: brute-force protection for log-in and API-key authentication.
@@ -305,6 +307,8 @@ SEARCH_MAX_SCAN_TUPLES = env_int("SEARCH_MAX_SCAN_TUPLES", 20_000)
 SEARCH_EXACT_MAX_CHUNKS = env_int("SEARCH_EXACT_MAX_CHUNKS", 5_000)
 # Words found in more chunks than this are left out of the keyword half (near stop words; bounded latency).
 SEARCH_KEYWORD_MAX_DF = env_int("SEARCH_KEYWORD_MAX_DF", 5_000)
+# About how many chunks the keyword half scores at most: those holding the rarest words of the question.
+SEARCH_KEYWORD_CANDIDATE_ROWS = env_int("SEARCH_KEYWORD_CANDIDATE_ROWS", 2_000)
 CELERY_BEAT_SCHEDULE = {
     "documents-requeue-stuck": {
         "task": "documents.tasks.requeue_stuck_documents",

@@ -12,16 +12,13 @@ import logging
 import time
 import uuid
 
-from django.db import transaction
-
 from accounts.models import User
 from billing.selectors import allowed_models
 from billing.services import quota_check, usage_record
 from chat.models import Conversation, Message
 from chat.openai_compat.errors import OpenAIError, invalid, model_not_found
 from chat.openai_compat.parsing import CompletionRequest, EmbeddingRequest
-from chat.prompting import count_tokens
-from chat.services import chat_ask, conversation_delete, message_cancel
+from chat.services import completion_ask, conversation_delete, message_cancel
 from documents.embedders import configured_embedder, embedding_config
 from documents.embedding import EmbeddingBatch
 from documents.ingestion.types import IngestionError, TransientIngestionError
@@ -41,26 +38,23 @@ def model_list(*, user: User) -> list[str]:
 
 
 def completion_start(*, user: User, request: CompletionRequest) -> Message:
-    """Save the conversation the caller sent and have chat answer its last user message. Returns the answer.
+    """Save the conversation the caller sent and have chat answer its last user message, with the caller's
+    model, max_tokens, system messages and retrieval choice. Returns the answer.
 
-    Raises OpenAIError (unknown or disallowed model, unsupported option) and whatever chat_ask raises
-    (LimitExceeded, ModelNotAllowed, InvalidQuestion, InvalidDocuments) before anything is saved or charged."""
+    Raises OpenAIError (unknown or disallowed model) and whatever completion_ask raises (LimitExceeded,
+    InvalidQuestion, InvalidDocuments) before anything is saved or charged."""
     if request.model not in allowed_models(user=user):
         raise model_not_found(request.model)
-    if not request.retrieval:
-        # chat_ask always retrieves; see the report on issue 6 for the hook this needs.
-        raise invalid("docent.retrieval: false is not available yet on this server.", param="docent.retrieval",
-                      code="unsupported_parameter")
-    with transaction.atomic():  # a refusal by chat_ask leaves no conversation behind
-        conversation = Conversation.objects.create(owner=user)
-        Message.objects.bulk_create([
-            Message(conversation=conversation, role=turn.role, content=turn.content,
-                    content_tokens=count_tokens(turn.content), status=Message.Status.DONE)
-            for turn in request.history
-            if turn.content.strip()
-        ])
-        return chat_ask(user=user, question=request.question, conversation=conversation,
-                        document_ids=request.document_ids)
+    return completion_ask(
+        user=user,
+        question=request.question,
+        history=[(turn.role, turn.content) for turn in request.history],
+        instructions=request.instructions,
+        model=request.model,
+        max_tokens=request.max_tokens,
+        retrieval=request.retrieval,
+        document_ids=request.document_ids,
+    )
 
 
 def completion_discard(*, user: User, conversation_id: int) -> None:

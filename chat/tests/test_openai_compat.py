@@ -20,7 +20,7 @@ from billing.tests.factories import ModelPriceFactory
 from chat.models import Conversation, Message
 from chat.openai_compat.errors import OpenAIError
 from chat.openai_compat.parsing import parse_completion, parse_embedding
-from chat.prompting import DATA_FOOTER, DATA_HEADER
+from chat.prompting import DATA_FOOTER, DATA_HEADER, SYSTEM_PROMPT
 from chat.tests.conftest import api_key
 from chat.tests.factories import chat_user, document_with_chunks
 from documents.embedders import configured_embedder
@@ -425,11 +425,7 @@ def test_unknown_v1_path_and_wrong_method_answer_in_openai_shape(live, sdk) -> N
     assert not_json.status_code == 400 and "JSON" in not_json.json()["error"]["message"]
 
 
-HOOK = "needs chat.services to answer an ad-hoc message list (see the issue 6 report)"
-
-
 @live_db
-@pytest.mark.xfail(strict=True, reason=HOOK)
 def test_requested_model_and_max_tokens_reach_the_model(sdk, llm) -> None:
     user = chat_user()
     llm.configure(text=ANSWER)
@@ -443,7 +439,6 @@ def test_requested_model_and_max_tokens_reach_the_model(sdk, llm) -> None:
 
 
 @live_db
-@pytest.mark.xfail(strict=True, reason=HOOK)
 def test_system_messages_reach_the_model_after_docents_rules(sdk, llm) -> None:
     user = chat_user()
     llm.configure(text=ANSWER)
@@ -451,11 +446,25 @@ def test_system_messages_reach_the_model_after_docents_rules(sdk, llm) -> None:
     sdk(user).chat.completions.create(model="gpt-4o-mini", messages=[
         {"role": "system", "content": "Answer in French."}, {"role": "user", "content": QUESTION}])
 
-    assert "Answer in French." in " ".join(m["content"] for m in llm.chat_requests[-1].messages)
+    sent = llm.chat_requests[-1].messages
+    assert [m["role"] for m in sent[:2]] == ["system", "system"]
+    assert sent[0]["content"] == SYSTEM_PROMPT  # Docent's rules first: the caller's cannot override the data rule
+    assert sent[1]["content"] == "Answer in French."
 
 
 @live_db
-@pytest.mark.xfail(strict=True, reason=HOOK)
+def test_max_tokens_beyond_the_models_window_is_a_400(sdk, llm) -> None:
+    user = chat_user()
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk(user).chat.completions.create(model="gpt-4o-mini", max_tokens=10_000_000,
+                                          messages=[{"role": "user", "content": QUESTION}])
+
+    assert "max_tokens is too large" in refused.value.message
+    assert llm.chat_requests == []
+
+
+@live_db
 def test_retrieval_false_sends_the_callers_messages_without_documents(sdk, llm) -> None:
     user = chat_user()
     document_with_chunks(owner=user, title="Gnuplot manual", texts=PLOTTING)
@@ -466,6 +475,7 @@ def test_retrieval_false_sends_the_callers_messages_without_documents(sdk, llm) 
                                       extra_body={"docent": {"retrieval": False}})
 
     assert llm.chat_requests[-1].messages == messages
+    assert not Conversation.objects.filter(owner=user).exists()  # not stored unless asked
 
 
 def test_completion_request_splits_instructions_history_and_question() -> None:

@@ -14,6 +14,7 @@ from chat.prompting import (
     PromptTooLong,
     Source,
     Turn,
+    build_plain_prompt,
     build_prompt,
     cited_sources,
     count_tokens,
@@ -118,6 +119,55 @@ def test_prompt_bound_covers_every_prompt_built_from_the_same_inputs() -> None:
         prompt = build_prompt(question=question, hits=hits, history=history, budget=budget,
                               context_budget=context_budget)
         assert prompt.prompt_tokens <= bound <= budget
+
+
+def test_prompt_bound_covers_prompts_with_instructions_and_without_retrieval() -> None:
+    rng = random.Random(11)
+    for _ in range(40):
+        history = turns(rng.randint(0, 12), words=rng.randint(5, 80))
+        hits = [hit(i, " ".join(f"t{rng.randint(0, 999)}" for _ in range(rng.randint(5, 200)))) for i in range(8)]
+        question = " ".join(f"q{rng.randint(0, 99)}" for _ in range(rng.randint(1, 50)))
+        instructions = [" ".join(f"i{rng.randint(0, 99)}" for _ in range(rng.randint(1, 60)))
+                        for _ in range(rng.randint(0, 3))]
+        budget, context_budget = rng.randint(900, 4000), rng.randint(100, 1500)
+        common = {"question_tokens": count_tokens(question), "history": [t.tokens for t in history],
+                  "budget": budget, "context_budget": context_budget, "instructions": instructions}
+        with_documents = build_prompt(question=question, hits=hits, history=history, budget=budget,
+                                      context_budget=context_budget, instructions=instructions)
+        plain = build_plain_prompt(question=question, history=history, budget=budget, instructions=instructions)
+
+        assert with_documents.prompt_tokens <= prompt_bound(**common) <= budget
+        assert plain.prompt_tokens <= prompt_bound(**common, retrieval=False) <= budget
+        assert plain.prompt_tokens == prompt_tokens(plain.messages)
+
+
+def test_callers_instructions_follow_docents_rules_and_never_enter_the_data() -> None:
+    prompt = build_prompt(question="How do I plot?", hits=[hit(1, "Use plot().")], history=turns(2),
+                          budget=4000, context_budget=1000, instructions=["Answer in French.", "Be brief."])
+
+    assert prompt.messages[0] == {"role": "system", "content": SYSTEM_PROMPT}
+    assert prompt.messages[1:3] == [{"role": "system", "content": "Answer in French."},
+                                    {"role": "system", "content": "Be brief."}]
+    assert "Answer in French." not in prompt.messages[-2]["content"]  # the data message
+    assert prompt.prompt_tokens == prompt_tokens(prompt.messages)
+
+
+def test_plain_prompt_is_the_callers_conversation_with_the_oldest_turns_dropped_to_fit() -> None:
+    history = turns(10, words=60)
+    question = "And then?"
+    full = build_plain_prompt(question=question, history=history, budget=100_000, instructions=["Be brief."])
+    tight = build_plain_prompt(question=question, history=history, budget=1500, instructions=["Be brief."])
+
+    assert full.messages == [{"role": "system", "content": "Be brief."},
+                             *({"role": t.role, "content": t.content} for t in history),
+                             {"role": "user", "content": question}]
+    assert SYSTEM_PROMPT not in [m["content"] for m in full.messages] and full.sources == []
+    assert 0 < tight.history_used < len(history) and tight.history_dropped == len(history) - tight.history_used
+    assert tight.messages[1]["role"] == "user"  # the kept history starts with a question
+    assert tight.messages[1:-1] == [{"role": t.role, "content": t.content} for t in history[-tight.history_used:]]
+    assert tight.prompt_tokens <= 1500
+    with pytest.raises(PromptTooLong):
+        build_plain_prompt(question="word " * 500, history=[], budget=100)
 
 
 def source(n: int, text: str = "text") -> Source:

@@ -37,6 +37,19 @@ def test_schema_generates_without_warnings_and_is_valid_openapi() -> None:
     assert any(path.startswith("/api/v1/") for path in schema["paths"])
 
 
+def test_schema_documents_the_streaming_chat_endpoints() -> None:
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    ask = schema["paths"]["/api/v1/chat/"]["post"]
+    resume = schema["paths"]["/api/v1/chat/messages/{message_id}/stream"]["get"]
+
+    assert "text/event-stream" in ask["responses"]["200"]["content"]
+    assert ask["responses"]["201"]["content"]["application/json"]["schema"]["$ref"].endswith("/MessageOut")
+    assert ask["requestBody"]["content"]["application/json"]["schema"]["required"] == ["message"]
+    assert "text/event-stream" in resume["responses"]["200"]["content"]
+    assert {p["name"] for p in resume["parameters"]} == {"message_id", "after", "Last-Event-ID"}
+    assert "`done`" in resume["description"] and "`citations`" in resume["description"]
+
+
 def test_docs_page_loads_every_asset_from_this_server() -> None:
     client = Client()
 
@@ -78,6 +91,8 @@ def pagination_format(ctx: Any, response: Any, case: Any) -> None:
     """A list answers with config.api.paginate's page: exactly count, next, previous and results."""
     if response.status_code != 200 or case.method != "GET" or not response.content:
         return
+    if "application/json" not in ";".join(response.headers.get("content-type", [])):
+        return  # an event stream
     body = json.loads(response.content)
     if isinstance(body, list):
         raise AssertionError("a list endpoint answered with a bare array instead of a page")
@@ -121,7 +136,9 @@ def fuzzed_user(settings, tmp_path) -> dict[str, Any]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_property_based_run_finds_no_server_error_and_no_response_off_the_schema(asgi_server, fuzzed_user) -> None:
+def test_property_based_run_finds_no_server_error_and_no_response_off_the_schema(
+    asgi_server, celery_workers, fuzzed_user
+) -> None:
     from accounts.models import APIKey
     from accounts.services import api_key_create
 
