@@ -417,10 +417,12 @@ def test_unknown_v1_path_and_wrong_method_answer_in_openai_shape(live, sdk) -> N
     headers = {"Authorization": f"Bearer {api_key(user)}"}
 
     missing = httpx.post(f"{live}/v1/completions", headers=headers, json={})
+    with_newline = httpx.get(f"{live}/v1/models%0A%09x", headers=headers)
     wrong_method = httpx.get(f"{live}/v1/chat/completions", headers=headers)
     not_json = httpx.post(f"{live}/v1/chat/completions", headers=headers, content=b"{")
 
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_url"
+    assert with_newline.status_code == 404 and with_newline.json()["error"]["code"] == "unknown_url"
     assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
     assert not_json.status_code == 400 and "JSON" in not_json.json()["error"]["message"]
 
