@@ -10,5 +10,5 @@ urlpatterns = [
     path("models", views.models_list, name="openai_models"),
     path("models/<path:model>", views.model_retrieve, name="openai_model"),
     # Anything else under /v1/ is a 404 in OpenAI's error shape, never Django's HTML page.
-    re_path(r"^(?P<path>(?s:.*))\Z", views.not_found, name="openai_not_found"),
+    re_path(r"^(?P<path>[\s\S]*)$", views.not_found, name="openai_not_found"),
 ]

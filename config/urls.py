@@ -12,7 +12,7 @@ api_v1 = [
     path("", include("documents.api_urls")),
     path("", include("chat.api_urls")),
     path("", include("billing.api_urls")),
-    re_path(r"^(?s:.*)\Z", api_not_found),
+    re_path(r"^[\s\S]*$", api_not_found),
 ]
 
 urlpatterns = [
