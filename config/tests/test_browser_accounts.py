@@ -11,21 +11,20 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 def test_sign_up_create_an_api_key_and_log_out(page, screenshot):
     page.goto("/")
-    screenshot(page, "landing")
     page.get_by_role("link", name="Sign up").first.click()
     page.get_by_label("Email").fill("browser@example.com")
     page.get_by_label("Password", exact=True).fill(PASSWORD)
     page.get_by_label("Password confirmation").fill(PASSWORD)
     page.get_by_role("button", name="Sign up").click()
     page.wait_for_url("**/dashboard/")
-    screenshot(page, "dashboard")
+    screenshot(page, "dashboard-new-user")
 
     page.get_by_role("link", name="API keys").first.click()
     page.get_by_label("Name").fill("from the browser")
     page.get_by_role("button", name="Create key").click()
     key = page.get_by_test_id("new-key").inner_text()
     assert re.fullmatch(r"dk_[0-9a-f]{8}_\S+", key)
-    screenshot(page, "api-keys")
+    screenshot(page, "api-key-created")
     page.reload()
     assert page.get_by_test_id("new-key").count() == 0, "a key must be shown only once"
 

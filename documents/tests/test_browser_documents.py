@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from accounts.tests.factories import PASSWORD, UserFactory
+from config.testing.browser import horizontal_overflow, sign_in, tab_to, unnamed_fields
 from documents.models import Document
 from documents.tests import hostile_files
 
@@ -36,7 +37,7 @@ def test_upload_several_files_watch_them_finish_and_delete_one(page, celery_work
     failed = page.locator("#documents-body tr", has_text="scan.pdf")
     failed.locator(".status-failed").wait_for(timeout=60_000)
     rejected = page.locator("#documents-body tr", has_text="photo.pdf")
-    screenshot(page, "documents")
+    screenshot(page, "documents-errors")
     assert "no text layer" in failed.inner_text()
     assert "PNG image" in rejected.inner_text()
     cells = ready.locator("td")
@@ -50,3 +51,25 @@ def test_upload_several_files_watch_them_finish_and_delete_one(page, celery_work
     # The browser logs the refused upload's 415 itself; anything else would be a script error.
     unexpected = [error for error in page.console_errors if "status of 415" not in error]
     assert unexpected == [], unexpected
+
+
+def test_upload_by_keyboard_only_and_the_page_fits_a_phone(page, celery_workers, asgi_server, screenshot):
+    user = UserFactory()
+    page.set_viewport_size({"width": 390, "height": 844})
+    sign_in(page, user, asgi_server).goto("/documents/")
+    assert unnamed_fields(page) == []
+
+    tab_to(page, "#upload-input")
+    with page.expect_file_chooser(timeout=5_000) as chooser:
+        page.keyboard.press("Space")
+    chooser.value.set_files(files=[
+        {"name": "keyboard.pdf", "mimeType": "application/pdf", "buffer": hostile_files.sample_pdf()},
+    ])
+
+    row = page.locator("#documents-body tr", has_text="keyboard.pdf")
+    row.locator(".status-ready").wait_for(timeout=60_000)
+    assert row.locator("progress").get_attribute("value") == "100"
+    assert Document.objects.get(owner=user, filename="keyboard.pdf").status == Document.Status.READY
+    assert horizontal_overflow(page) == 0, "the documents page scrolls sideways on a phone"
+    screenshot(page, "documents-phone")
+    assert page.console_errors == [], page.console_errors

@@ -1,10 +1,12 @@
 // The chat page: one WebSocket per conversation (ws/chat/<id>/). Every answer event carries a sequence number;
 // after a dropped connection the page reconnects and asks to resume after the last one it saw, so no token is
-// lost or shown twice. `done` carries the whole saved answer, which replaces whatever was streamed.
+// lost or shown twice. `done` carries the whole saved answer, which replaces whatever was streamed. Answers render
+// as sanitized Markdown (markdown.js); the Markdown source of each answer is kept here, not in the page.
 (() => {
   "use strict";
   const root = document.getElementById("chat");
   if (!root) return;
+  const markdown = window.DocentMarkdown;
   const log = document.getElementById("chat-log");
   const form = document.getElementById("ask-form");
   const input = document.getElementById("question");
@@ -21,20 +23,74 @@
   let pendingAsk = null; // an ask typed while the socket was (re)connecting
   // The answer being followed: {id, lastSeq, el, done}
   let following = null;
+  // The question sent but not yet accepted ({text, el}): a refusal gives it back to the question box.
+  let unanswered = null;
+
+  // ---- answer text: Markdown source per .text element, rendered at most once a frame while streaming ----
+  const sources = new WeakMap();
+  const dirty = new Set();
+  let frame = 0;
+
+  function renderNow(textEl) {
+    dirty.delete(textEl);
+    markdown.render(sources.get(textEl) || "", textEl);
+    textEl.classList.add("md");
+  }
+
+  function setAnswer(textEl, text, { now = false } = {}) {
+    sources.set(textEl, text);
+    if (now) {
+      renderNow(textEl);
+      return;
+    }
+    dirty.add(textEl);
+    if (!frame) {
+      frame = requestAnimationFrame(() => {
+        frame = 0;
+        // Follow a growing answer only when the reader is at the bottom already, not while they scroll back.
+        const page = document.documentElement;
+        const atBottom = window.innerHeight + window.scrollY >= page.scrollHeight - 80;
+        for (const el of [...dirty]) renderNow(el);
+        if (atBottom) window.scrollTo(0, page.scrollHeight);
+      });
+    }
+  }
+
+  function answerText(textEl) {
+    return sources.get(textEl) || "";
+  }
+
+  for (const textEl of log.querySelectorAll("article.bubble.assistant .text")) {
+    setAnswer(textEl, textEl.textContent, { now: true });
+  }
 
   const streaming = JSON.parse(document.getElementById("streaming-data").textContent || "null");
   if (streaming) {
     const el = log.querySelector(`article[data-id="${streaming.id}"]`);
     // Resume from the beginning: the page rendered the answer before any token was saved.
     following = { id: streaming.id, lastSeq: 0, el, done: false };
-    el.querySelector(".text").textContent = "";
+    setAnswer(el.querySelector(".text"), "", { now: true });
     el.classList.add("streaming");
+    el.setAttribute("aria-busy", "true");
     setBusy(true);
   }
 
-  function setStatus(text, isError = false) {
+  function setStatus(text, isError = false, link = null) {
     statusLine.textContent = text;
+    if (link) {
+      const a = document.createElement("a");
+      a.href = link.href;
+      a.textContent = link.text;
+      statusLine.append(" ", a);
+    }
     statusLine.classList.toggle("error", isError);
+  }
+
+  function humanWait(seconds) {
+    if (seconds < 120) return `${Math.ceil(seconds)} s`;
+    if (seconds < 2 * 3600) return `${Math.round(seconds / 60)} min`;
+    if (seconds < 2 * 86400) return `${Math.round(seconds / 3600)} h`;
+    return `${Math.round(seconds / 86400)} days`;
   }
 
   function setBusy(busy) {
@@ -72,27 +128,80 @@
     el.append(p);
   }
 
+  // Chips are buttons carrying their passage (the server renders the same markup for saved answers).
   function renderCitations(el, citations) {
     el.querySelector(".citations")?.remove();
+    el.querySelector(".passage")?.remove();
     if (!citations || !citations.length) return;
     const list = document.createElement("ul");
     list.className = "citations";
+    list.setAttribute("aria-label", "Sources");
     for (const c of citations) {
-      const chip = document.createElement("li");
+      const item = document.createElement("li");
+      const chip = document.createElement("button");
+      chip.type = "button";
       chip.className = "chip";
       chip.textContent = c.page ? `${c.document_title}, p. ${c.page}` : c.document_title;
-      chip.title = c.snippet || "";
-      list.append(chip);
+      chip.dataset.title = c.document_title;
+      chip.dataset.page = c.page ?? "";
+      chip.dataset.snippet = c.snippet || "";
+      chip.setAttribute("aria-expanded", "false");
+      item.append(chip);
+      list.append(item);
     }
     el.append(list);
   }
 
+  let passageCount = 0;
+  function togglePassage(chip) {
+    const article = chip.closest("article");
+    const wasOpen = chip.getAttribute("aria-expanded") === "true";
+    for (const other of article.querySelectorAll("button.chip")) {
+      other.setAttribute("aria-expanded", "false");
+      other.removeAttribute("aria-controls");
+    }
+    article.querySelector(".passage")?.remove();
+    if (wasOpen) return;
+    const passage = document.createElement("figure");
+    passage.className = "passage";
+    passage.id = `passage-${++passageCount}`;
+    const quote = document.createElement("blockquote");
+    quote.textContent = chip.dataset.snippet || "(no excerpt saved)";
+    const caption = document.createElement("figcaption");
+    const title = document.createElement("cite");
+    title.textContent = chip.dataset.title;
+    caption.append(title);
+    if (chip.dataset.page) caption.append(`, page ${chip.dataset.page}`);
+    passage.append(quote, caption);
+    chip.closest(".citations").after(passage);
+    chip.setAttribute("aria-expanded", "true");
+    chip.setAttribute("aria-controls", passage.id);
+  }
+
+  log.addEventListener("click", (event) => {
+    const chip = event.target.closest("button.chip");
+    if (chip) togglePassage(chip);
+  });
+
+  function refused(event) {
+    // Refused before anything was saved (limits, validation): the question goes back to the box to send again.
+    // Limit refusals already say when to retry in their message; others may carry only `retry_after`.
+    const limit = event.code === "rate_limited" || event.code === "quota_exceeded";
+    const wait = event.retry_after && !limit ? ` Try again in ${humanWait(event.retry_after)}.` : "";
+    const plans = event.code === "quota_exceeded" && root.dataset.plansUrl
+      ? { href: root.dataset.plansUrl, text: "See plans." } : null;
+    setStatus(`${event.message}${wait}`, true, plans);
+    if (unanswered) {
+      unanswered.el.remove();
+      if (!input.value.trim()) input.value = unanswered.text;
+      unanswered = null;
+    }
+    if (!following || following.done) setBusy(false);
+  }
+
   function handle(event) {
     if (event.type === "error" && !event.message_id) {
-      // Refused before anything was saved (limits, validation): the question can be sent again.
-      const wait = event.retry_after ? ` Try again in ${event.retry_after} s.` : "";
-      setStatus(`${event.message}${wait}`, true);
-      if (!following || following.done) setBusy(false);
+      refused(event);
       return;
     }
     if (event.type === "start") {
@@ -102,7 +211,9 @@
         el.dataset.id = event.message_id;
       }
       el.classList.add("streaming");
+      el.setAttribute("aria-busy", "true"); // screen readers read the answer once it is complete
       following = { id: event.message_id, lastSeq: event.seq, el, done: false };
+      unanswered = null;
       setBusy(true);
       setStatus("");
       return;
@@ -112,14 +223,16 @@
     following.lastSeq = event.seq;
     const el = following.el;
     if (event.type === "token") {
-      el.querySelector(".text").textContent += event.text;
+      const textEl = el.querySelector(".text");
+      setAnswer(textEl, answerText(textEl) + event.text);
     } else if (event.type === "citations") {
       renderCitations(el, event.citations);
     } else if (event.type === "error") {
       note(el, "error", event.message);
     } else if (event.type === "done") {
-      el.querySelector(".text").textContent = event.content;
+      setAnswer(el.querySelector(".text"), event.content, { now: true });
       el.classList.remove("streaming");
+      el.removeAttribute("aria-busy");
       if (event.finish_reason === "cancelled") note(el, "muted", "Stopped.");
       if (event.finish_reason === "length") note(el, "muted", "The answer reached its length limit.");
       following.done = true;
@@ -196,14 +309,14 @@
       setBusy(false);
       return;
     }
-    bubble("user", text);
+    unanswered = { text, el: bubble("user", text) };
     input.value = "";
     if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(ask));
     else pendingAsk = ask;
   });
 
   input.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey) {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       form.requestSubmit();
     }
