@@ -117,8 +117,10 @@ class Subscription(models.Model):
 
     @property
     def period_id(self) -> str:
-        """Names this period's quota counter in Redis: a new period start is a new, empty counter."""
-        return self.current_period_start.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
+        """Names this period's quota counter in Redis: a new period start is a new, empty counter. To the
+        microsecond, as stored: two period starts within one second (a period cut short by a plan change) must
+        not share a counter."""
+        return self.current_period_start.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%f")
 
 
 class ModelPrice(models.Model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -155,6 +156,15 @@ def test_quota_refuses_a_reservation_that_would_not_fit_and_recovers_at_the_peri
 
     end_current_period(subscription)
     _call(user, prompt=500, max_tokens=400, completion=10)
+
+
+def test_periods_starting_within_one_second_name_different_quota_counters():
+    # CI caught this: a period that followed one started in the same second shared its (used-up) counter.
+    start = timezone.now().replace(microsecond=100)
+    first = Subscription(current_period_start=start)
+    second = Subscription(current_period_start=start + timedelta(microseconds=1))
+
+    assert first.period_id != second.period_id
 
 
 def test_quota_check_refuses_when_the_quota_cannot_hold_the_work():

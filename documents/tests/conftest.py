@@ -5,7 +5,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
 from accounts.tests.factories import UserFactory
@@ -33,14 +32,6 @@ def api(user) -> APIClient:
     client = APIClient()
     client.force_authenticate(user)
     return client
-
-
-@pytest.fixture
-def upload_file() -> Callable[..., SimpleUploadedFile]:
-    def build(data: bytes, name: str = "sample.pdf", content_type: str = "application/octet-stream"):
-        return SimpleUploadedFile(name, data, content_type=content_type)
-
-    return build
 
 
 @pytest.fixture

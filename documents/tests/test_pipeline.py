@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import psycopg
 import pytest
 from django.db import connection
 
@@ -12,6 +13,7 @@ from billing.services import catalog_ensure
 from documents.ingestion.types import TransientIngestionError
 from documents.models import Chunk, Document, LexemeCount
 from documents.services import document_ingest
+from documents.services.ingest import _LOCK_NAMESPACE, document_is_being_processed
 from documents.tests import hostile_files
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -25,6 +27,15 @@ def wait_for(document_id: int, *, statuses=("ready", "failed"), timeout: float =
             return document
         time.sleep(0.1)
     raise AssertionError(f"document {document_id} did not reach {statuses}: {document and document.status}")
+
+
+def wait_idle(document_id: int, timeout: float = 30) -> None:
+    """Until the worker is done with the document: ready, and its run lock released (which follows)."""
+    wait_for(document_id)
+    deadline = time.monotonic() + timeout
+    while document_is_being_processed(document_id=document_id):
+        assert time.monotonic() < deadline, "the worker kept the document's lock"
+        time.sleep(0.02)
 
 
 def assert_one_chunk_set(document: Document) -> list[Chunk]:
@@ -121,7 +132,9 @@ def test_exhausted_token_quota_fails_the_document_with_the_reason(celery_workers
 
 
 def test_running_the_task_again_for_a_ready_document_changes_nothing(celery_workers, post_file):
-    document = wait_for(post_file(hostile_files.sample_pdf()).json()["id"])
+    document_id = post_file(hostile_files.sample_pdf()).json()["id"]
+    wait_idle(document_id)
+    document = Document.objects.get(id=document_id)
     chunk_ids = set(Chunk.objects.filter(document=document).values_list("id", flat=True))
 
     report = document_ingest(document_id=document.id)
@@ -131,7 +144,9 @@ def test_running_the_task_again_for_a_ready_document_changes_nothing(celery_work
 
 
 def test_rerun_after_an_interrupted_run_leaves_exactly_one_chunk_set(celery_workers, post_file):
-    document = wait_for(post_file(hostile_files.sample_pdf()).json()["id"])
+    document_id = post_file(hostile_files.sample_pdf()).json()["id"]
+    wait_idle(document_id)
+    document = Document.objects.get(id=document_id)
     first_texts = [chunk.text for chunk in assert_one_chunk_set(document)]
     # What a worker killed mid-document leaves: status processing, some chunks of its run already stored.
     Document.objects.filter(id=document.id).update(status="processing", progress=40)
@@ -152,14 +167,10 @@ def test_rerun_after_an_interrupted_run_leaves_exactly_one_chunk_set(celery_work
     assert document.attempts == 2
 
 
-def test_a_second_delivery_while_a_run_holds_the_document_leaves_it_alone(celery_workers, post_file, django_db_blocker):
+def test_a_second_delivery_while_a_run_holds_the_document_leaves_it_alone(celery_workers, post_file):
     document = wait_for(post_file(hostile_files.sample_pdf()).json()["id"])
     Document.objects.filter(id=document.id).update(status="processing")
     # Another session (a live worker) holds the run lock.
-    import psycopg
-
-    from documents.services.ingest import _LOCK_NAMESPACE
-
     settings_dict = connection.settings_dict
     other = psycopg.connect(
         dbname=settings_dict["NAME"],

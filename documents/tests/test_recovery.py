@@ -19,7 +19,7 @@ from django.utils import timezone
 from documents.models import Chunk, Document
 from documents.services import documents_requeue_stuck
 from documents.services.ingest import _LOCK_NAMESPACE
-from documents.tests.test_pipeline import assert_one_chunk_set, wait_for
+from documents.tests.test_pipeline import assert_one_chunk_set, wait_for, wait_idle
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -48,7 +48,7 @@ def test_worker_killed_mid_document_is_recovered_with_one_chunk_set(celery_worke
     settings.MEDIA_ROOT = tmp_path / "uploads"
     response = post_file(_long_text(400), name="orchard.txt")
     document_id = response.json()["id"]
-    wait_for(document_id)  # the in-process worker ingests it once first
+    wait_idle(document_id)  # the in-process worker ingests it once first
     Document.objects.filter(id=document_id).update(status="queued", attempts=0)
     expected = Document.objects.get(id=document_id).chunk_count
     env = os.environ | {
@@ -89,7 +89,7 @@ def test_worker_killed_mid_document_is_recovered_with_one_chunk_set(celery_worke
 
 def test_sweep_requeues_a_lost_queued_document(celery_workers, post_file):
     document_id = post_file(b"A document whose queue message was lost.\n", name="lost.txt").json()["id"]
-    wait_for(document_id)
+    wait_idle(document_id)
     Document.objects.filter(id=document_id).update(status="queued", attempts=0)
 
     assert documents_requeue_stuck() == []  # not stuck yet
@@ -99,7 +99,7 @@ def test_sweep_requeues_a_lost_queued_document(celery_workers, post_file):
 
 def test_sweep_leaves_a_document_a_live_worker_holds(celery_workers, post_file):
     document_id = post_file(b"Slow but alive.\n", name="slow.txt").json()["id"]
-    wait_for(document_id)
+    wait_idle(document_id)
     Document.objects.filter(id=document_id).update(status="processing")
     params = connection.settings_dict
     with psycopg.connect(dbname=params["NAME"], user=params["USER"], host=params["HOST"], autocommit=True) as other:
@@ -112,7 +112,7 @@ def test_sweep_leaves_a_document_a_live_worker_holds(celery_workers, post_file):
 
 def test_document_interrupted_too_often_fails_instead_of_looping(celery_workers, post_file, settings):
     document_id = post_file(b"A poison document.\n", name="poison.txt").json()["id"]
-    wait_for(document_id)
+    wait_idle(document_id)
     Document.objects.filter(id=document_id).update(status="processing", attempts=settings.INGEST_MAX_ATTEMPTS)
 
     assert documents_requeue_stuck(now=_later()) == []

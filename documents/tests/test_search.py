@@ -102,6 +102,34 @@ def test_keyword_half_weighs_rare_words_above_common_ones(user):
     assert ranked[0] == Chunk.objects.get(document=document, ordinal=8).id
 
 
+def test_keyword_half_reads_only_the_rarest_words_chunks_up_to_the_bound(user, settings):
+    texts = [f"Fruit stand {i} sells fruit, more fruit and fresh fruit." for i in range(8)]
+    texts.append("A quince ripens late in the autumn, unlike most fruit.")
+    document = ready_document(user, texts, vectors=np.eye(len(texts), 384, dtype=np.float32))
+    quince = Chunk.objects.get(document=document, ordinal=8).id
+    settings.SEARCH_KEYWORD_CANDIDATE_ROWS = 4
+
+    # "quince" (1 chunk) fits the bound, "fruit" (9 chunks) does not: only the quince chunk is read.
+    assert keyword_chunk_ids(owner_id=user.id, document_ids=[document.id], text="fruit quince", limit=5) == [quince]
+    # The rarest word is always read, even past the bound.
+    assert len(keyword_chunk_ids(owner_id=user.id, document_ids=[document.id], text="fruit", limit=20)) == 9
+
+
+def test_keyword_half_never_returns_another_owners_chunks_with_the_same_words(user, other_user):
+    theirs = ready_document(other_user, FACTS, title="Theirs")
+    mine = ready_document(user, FACTS, title="Mine")
+
+    found = keyword_chunk_ids(owner_id=user.id, document_ids=[mine.id, theirs.id], text="Normans England", limit=10)
+
+    assert found == [Chunk.objects.get(document=mine, ordinal=0).id]
+
+
+def test_owner_lexemes_qualify_each_lexeme_with_the_owner():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT chunk_owner_lexemes(7, to_tsvector('english', 'The Normans conquered England'))")
+        assert cursor.fetchone()[0] == ["7:conquer", "7:england", "7:norman"]
+
+
 def test_only_the_callers_ready_documents_are_searched(user, other_user):
     ready_document(other_user, FACTS, title="Theirs")
     ready_document(user, FACTS[:2], title="Processing", status="processing")
