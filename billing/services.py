@@ -8,14 +8,23 @@ Call `llm_settle` outside any transaction the caller might roll back: Redis cann
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
+import threading
+import time
+import weakref
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING
 
-from django.db import IntegrityError, transaction
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
 from billing import counters, limiter
@@ -55,8 +64,10 @@ __all__ = [
     "UnknownModel",
     "UploadLimitExceeded",
     "catalog_ensure",
+    "limits_cache_clear",
     "limits_check_upload",
     "llm_heartbeat",
+    "llm_heartbeat_async",
     "llm_release",
     "llm_reserve",
     "llm_settle",
@@ -134,6 +145,7 @@ def _period_advance(*, subscription: Subscription) -> Subscription:
     Subscription.objects.filter(pk=subscription.pk, current_period_end=old_end).update(
         current_period_start=start, current_period_end=end, updated_at=timezone.now()
     )
+    limits_cache_clear(user_id=subscription.user_id)
     subscription.refresh_from_db()
     return subscription
 
@@ -161,6 +173,83 @@ def subscription_assign_plan(
 def _current(user: User) -> tuple[Subscription, EffectiveLimits]:
     subscription = subscription_get_or_create(user=user)
     return subscription, effective_limits(subscription=subscription)
+
+
+# ---- What every LLM call reads before it is admitted, kept briefly per process.
+# A chat question would otherwise pay two queries (the subscription with its plan, the model's price) before
+# the limiter's one Redis round trip: most of the admission's cost, on the path to the first token. The
+# limits themselves are still enforced by the limiter's counters; what may be stale, for at most
+# BILLING_LIMITS_CACHE_SECONDS, is which limits apply. A change saved through the ORM (plan assignment,
+# Stripe webhook, admin edits) clears this process' copies at once; other processes pick it up when theirs
+# lapse. A period boundary is never crossed with a stale copy.
+
+
+@dataclass(frozen=True)
+class _Cached:
+    expires: float  # time.monotonic()
+    value: object
+
+
+_admissions: dict[int, _Cached] = {}  # user id -> (Subscription, EffectiveLimits)
+_price_rows: dict[str, _Cached] = {}  # model -> its ModelPrice rows, newest first
+_cache_lock = threading.Lock()
+
+
+def _cache_seconds() -> float:
+    return float(settings.BILLING_LIMITS_CACHE_SECONDS)
+
+
+def _admission(user: User) -> tuple[Subscription, EffectiveLimits]:
+    ttl = _cache_seconds()
+    if ttl <= 0:
+        return _current(user)
+    cached = _admissions.get(user.pk)
+    if cached is not None and cached.expires > time.monotonic():
+        subscription, limits = cached.value
+        if subscription.current_period_end > timezone.now():
+            return subscription, limits
+    subscription, limits = _current(user)
+    with _cache_lock:
+        _admissions[user.pk] = _Cached(time.monotonic() + ttl, (subscription, limits))
+    return subscription, limits
+
+
+def _price_at(*, model: str, at: datetime) -> ModelPrice | None:
+    """`price_at` through the per-process copy of the model's price rows (exact for rows dated ahead)."""
+    ttl = _cache_seconds()
+    if ttl <= 0:
+        return price_at(model=model, at=at)
+    cached = _price_rows.get(model)
+    if cached is None or cached.expires <= time.monotonic():
+        rows = list(ModelPrice.objects.filter(model=model).order_by("-effective_from"))
+        cached = _Cached(time.monotonic() + ttl, rows)
+        with _cache_lock:
+            _price_rows[model] = cached
+    return next((row for row in cached.value if row.effective_from <= at), None)
+
+
+def limits_cache_clear(*, user_id: int | None = None) -> None:
+    """Forget this process' copies: one user's admission, or everything (plans and prices changed)."""
+    with _cache_lock:
+        if user_id is None:
+            _admissions.clear()
+            _price_rows.clear()
+        else:
+            _admissions.pop(user_id, None)
+
+
+def _subscription_changed(sender: type, instance: Subscription, **kwargs: object) -> None:
+    limits_cache_clear(user_id=instance.user_id)
+
+
+def _catalogue_changed(sender: type, instance: object, **kwargs: object) -> None:
+    limits_cache_clear()
+
+
+for _signal in (post_save, post_delete):
+    _signal.connect(_subscription_changed, sender=Subscription, dispatch_uid=f"billing.cache.subscription.{_signal}")
+    _signal.connect(_catalogue_changed, sender=Plan, dispatch_uid=f"billing.cache.plan.{_signal}")
+    _signal.connect(_catalogue_changed, sender=ModelPrice, dispatch_uid=f"billing.cache.price.{_signal}")
 
 
 def limits_check_upload(*, user: User, size_bytes: int, document_count: int, storage_bytes: int) -> None:
@@ -242,8 +331,8 @@ def llm_reserve(
     """Admits one LLM call and charges its worst case (prompt + max_tokens) against every limit, atomically
     across processes. Raises ModelNotAllowed, LimitExceeded (nothing charged), or LimiterUnavailable when Redis
     cannot be reached (fails closed)."""
-    subscription, limits = _current(user)
-    price = price_at(model=model, at=timezone.now()) if model in limits.chat_models else None
+    subscription, limits = _admission(user)
+    price = _price_at(model=model, at=timezone.now()) if model in limits.chat_models else None
     if price is None or price.kind != ModelPrice.Kind.CHAT:
         plan = limits.plan.name if limits.plan is not None else subscription.plan.name
         priced = priced_models(kind=ModelPrice.Kind.CHAT)
@@ -282,6 +371,26 @@ def _reserve_in_redis(
 def llm_heartbeat(*, reservation: Reservation) -> bool:
     """Keeps a long stream's concurrency slot alive; False if it had already lapsed (the stream should stop)."""
     return limiter.heartbeat(counters.redis_client(), reservation=reservation)
+
+
+async def llm_heartbeat_async(*, reservation: Reservation) -> bool:
+    """`llm_heartbeat` for a caller on an event loop (an llm worker's streams), without a thread hop."""
+    return await limiter.aheartbeat(_async_redis(), reservation=reservation)
+
+
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedis] = weakref.WeakKeyDictionary()
+
+
+def _async_redis() -> AsyncRedis:
+    """The running loop's client: asyncio connections belong to the loop that opened them."""
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        client = _async_clients[loop] = AsyncRedis.from_url(
+            settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30,
+            driver_info=None,  # no CLIENT SETINFO round trip (and metadata read) per new connection
+        )
+    return client
 
 
 def llm_release(*, reservation: Reservation) -> None:
@@ -409,15 +518,16 @@ def _ledger_write(
         raise ValueError(f"unknown usage kind {kind!r}")
     if prompt_tokens < 0 or completion_tokens < 0:
         raise ValueError("token counts cannot be negative")
-    existing = UsageRecord.objects.filter(request_id=request_id).first()
-    if existing is not None:
-        return existing, False
-    price = price_at(model=model, at=priced_at)
+    price = _price_at(model=model, at=priced_at)
     if price is None:
         # The call happened and is recorded; an operator sees the unpriced model in the admin.
         logger.error("no price for model %r at %s: usage %s recorded at cost 0", model, priced_at, request_id)
+    # A repeated request id (a redelivered task settling again) is the rare case: the row is inserted
+    # straight away and the unique request_id turns a repeat into the first row. Outside a transaction
+    # that is one round trip; inside one, a savepoint keeps the caller's transaction usable.
+    guard = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     try:
-        with transaction.atomic():
+        with guard:
             record = UsageRecord.objects.create(
                 user=user,
                 kind=kind,

@@ -82,14 +82,14 @@ def _ask(*, user: User, data: dict[str, Any]) -> Message:
                     document_ids=data.get("document_ids"))
 
 
-def _event_stream(user: User, message_id: int, after: int) -> StreamingHttpResponse:
+def _event_stream(user: User, message_id: int, after: int, *, fresh: bool = False) -> StreamingHttpResponse:
     async def load() -> Message | None:
         return await db(message_find)(user=user, message_id=message_id)
 
     async def body() -> AsyncIterator[bytes]:
         yield b"retry: 1000\n\n"
         async for item in events.follow(message_id, after=after, heartbeat=settings.CHAT_SSE_HEARTBEAT_SECONDS,
-                                        load_message=load):
+                                        load_message=load, fresh=fresh):
             yield b": keep-alive\n\n" if item is None else item.sse()
 
     response = StreamingHttpResponse(body(), content_type="text/event-stream; charset=utf-8")
@@ -125,7 +125,7 @@ async def chat_ask_api(request: HttpRequest) -> HttpResponse:
     except Exception as exc:
         return _error_response(exc)
     if "text/event-stream" in request.headers.get("Accept", ""):
-        return _event_stream(user, answer.id, after=0)
+        return _event_stream(user, answer.id, after=0, fresh=True)
     return await _finished_answer(user, answer.id)
 
 

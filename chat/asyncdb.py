@@ -1,7 +1,8 @@
 """Database calls from async code (the consumers and async views, the llm worker's event loop).
 
-They run on long-lived pooled threads whose connections persist (CONN_MAX_AGE): a fresh thread, as the
-thread-sensitive default gives every request, would pay a new Postgres connection (~10 ms here) each time.
+They run on long-lived pooled threads whose connections persist (CONN_MAX_AGE, or checked out of the psycopg
+pool and kept): a fresh thread, as the thread-sensitive default gives every request, would pay a new Postgres
+connection (~10 ms here), or at least a pool check-out, each time.
 Channels' DatabaseSyncToAsync tidies connections before and after every call, and with CONN_HEALTH_CHECKS each
 tidy makes the next query pay a `SELECT 1` round trip; here a thread tidies after a failed call, and otherwise
 at most every `TIDY_EVERY_SECONDS`, which still closes connections past their age and broken ones.
@@ -22,9 +23,16 @@ TIDY_EVERY_SECONDS = 5.0
 _last_tidy = threading.local()
 
 
+def _kept() -> bool:
+    """Whether connections outlive a call: persistent (CONN_MAX_AGE) or pooled (then CONN_MAX_AGE is 0, and
+    a thread keeps its pooled connection between calls instead of paying a check-out for each)."""
+    settings_dict = connection.settings_dict
+    return bool(settings_dict.get("CONN_MAX_AGE") or settings_dict.get("OPTIONS", {}).get("pool"))
+
+
 def tidy_connections(*, failed: bool = False) -> None:
     # Without persistent connections (the tests), every call closes its connection, as Django's own views do.
-    if failed or not connection.settings_dict.get("CONN_MAX_AGE"):
+    if failed or not _kept():
         close_old_connections()
         return
     now = time.monotonic()

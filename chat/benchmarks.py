@@ -1,6 +1,8 @@
 """Chat latency and concurrency against real processes: the fake OpenAI server, uvicorn serving the ASGI app,
-and one `celery worker -Q llm -P threads -c 200`, all on this machine, with the dev database and a throwaway
-user (deleted afterwards) and a Redis database of their own (`CHAT_BENCH_REDIS_DB`, default 12).
+and one llm worker (`celery worker -Q llm -c 200` on chat.runtime.TaskPool, as `make run` starts it), all on
+this machine, with the dev database and a throwaway user (deleted afterwards) and a Redis database of their own
+(`CHAT_BENCH_REDIS_DB`, default 12). The client side is one asyncio process; its CPU is reported beside the
+servers', and the machine's load averages beside the results (other work on it shows in every latency).
 
 chat.ttft: 200 questions, one at a time, each on its own conversation over a WebSocket opened beforehand.
   Added time to first token = (first token at the client - ask sent) - the model's own time to first token
@@ -50,6 +52,25 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _run(coro: Any) -> Any:
+    """The benchmark's client side: one process, on uvloop when installed, so that as little of the machine's
+    CPU as possible goes to the load generator (its own CPU use is reported with the results)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def _load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -181,10 +202,10 @@ class Stack:
     def fake_url(self) -> str:
         return f"http://127.0.0.1:{self.fake_port}/v1"
 
-    def _spawn(self, command: list[str], log: str) -> subprocess.Popen:
+    def _spawn(self, command: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         out = open(Path(os.environ.get("DATA_DIR", ROOT / "var")) / f"bench-{log}.log", "w")  # noqa: SIM115
-        process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(command, cwd=ROOT, env=self.env | (env or {}), stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(process)
         self.names[process.pid] = log
         return process
@@ -206,12 +227,15 @@ class Stack:
         _wait_port(self.fake_port, fake)
 
     def start_app(self) -> None:
+        from config.management.commands.runstack import LLM_POOL_ENV, WEB_SERVER_OPTIONS
+
         web = self._spawn([sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
                            "--port", str(self.web_port), "--no-access-log", "--log-level", "warning",
-                           "--backlog", "4096"], "web")
-        self._spawn([sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "llm", "-P", "threads",
+                           "--backlog", "4096", *WEB_SERVER_OPTIONS], "web")
+        self._spawn([sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "llm", "-P", "custom",
                      "-c", "200", "--prefetch-multiplier", "1", "-n", f"bench-llm-{self.web_port}@%h",
-                     "--without-gossip", "--without-mingle", "--loglevel", self.worker_loglevel], "llm")
+                     "--without-gossip", "--without-mingle", "--loglevel", self.worker_loglevel], "llm",
+                    env=LLM_POOL_ENV)
         _wait_port(self.web_port, web)
 
     def start_sync_baseline(self, threads: int) -> None:
@@ -270,12 +294,21 @@ class AskResult:
     error: str | None = None
 
 
+_TOKEN_PREFIX = '{"type": "token", "seq": '  # how chat.events writes a token event
+
+
 async def _ask(ws, question: str) -> AskResult:
     result = AskResult()
     result.sent_at = time.perf_counter()
     await ws.send(json.dumps({"type": "ask", "message": question}))
     async for raw in ws:
         now = time.perf_counter()
+        if raw.startswith(_TOKEN_PREFIX):  # most messages: read the seq without parsing the event (client CPU)
+            end = raw.find(",", len(_TOKEN_PREFIX))
+            result.seqs.append(int(raw[len(_TOKEN_PREFIX):end]))
+            result.first_token_at = result.first_token_at or now
+            result.token_times.append(now)
+            continue
         event = json.loads(raw)
         if "seq" in event:
             result.seqs.append(event["seq"])
@@ -334,6 +367,7 @@ def chat_ttft() -> list[Row]:
 
     corpus = _corpus()
     stack = Stack()
+    load_before = _load()
     try:
         stack.start_fake()
         stack.start_app()
@@ -356,16 +390,16 @@ def chat_ttft() -> list[Row]:
                     await ws.close()
                 return timed, per_token
 
-            timed, per_token = asyncio.run(run())
+            timed, per_token = _run(run())
             failures = [r.error for r in timed + per_token if r.error or r.finish_reason != "stop"]
             if failures:
                 raise RuntimeError(f"{len(failures)} answers failed, e.g. {failures[0]}")
             retrieval = dict(Message.objects.filter(id__in=[r.message_id for r in timed])
                              .values_list("id", "retrieval_ms"))
             prompts = [_prompt_for(account, q) for q in questions[:50]]
-            direct = asyncio.run(_direct_first_tokens(stack, prompts))
+            direct = _run(_direct_first_tokens(stack, prompts))
             paced_prompts = [_prompt_for(account, q) for q in paced]
-            direct_paced = asyncio.run(_direct_first_tokens(stack, paced_prompts))
+            direct_paced = _run(_direct_first_tokens(stack, paced_prompts))
     finally:
         stack.stop()
 
@@ -381,7 +415,9 @@ def chat_ttft() -> list[Row]:
     direct_late = [x for run in direct_paced for x in lateness(run)]
     per_token_added = [s - statistics.median(direct_late) for s in system_late]
     name = "chat.ttft"
-    note = f"{TTFT_REQUESTS} questions one at a time; model TTFT {model_ttft:.1f} ms subtracted"
+    # Other work on the machine shows in every latency here: the load averages say how busy it was.
+    note = (f"{TTFT_REQUESTS} questions one at a time; model TTFT {model_ttft:.1f} ms subtracted; "
+            f"load {load_before} before, {_load()} after")
     return [
         Row(name, "transport added TTFT p50", _percentile(transport, 50), "ms", target="<= 10", note=note),
         Row(name, "transport added TTFT p99", _percentile(transport, 99), "ms", target="<= 30"),
@@ -433,7 +469,7 @@ def _concurrent_ws_load(stack: Stack, account: Account, conversations: list[int]
                 return await _socket(stack, account, cid)
 
         sockets = await asyncio.gather(*(open_socket(cid) for cid in conversations))
-        cpu_before = stack.cpu_seconds()
+        cpu_before = stack.cpu_seconds() | {"client": _own_cpu_seconds()}
         stop = asyncio.Event()
         poller = asyncio.create_task(_page_poller(stack.base_url + PAGE_PATH, {"sessionid": account.session}, stop))
         await asyncio.sleep(0.5)
@@ -448,12 +484,13 @@ def _concurrent_ws_load(stack: Stack, account: Account, conversations: list[int]
             gapless = r.seqs == list(range(1, len(r.seqs) + 1))
             if r.error or r.finish_reason != "stop" or not gapless:
                 failures.append(r.error or f"finish {r.finish_reason}, gapless {gapless}")
-        cpu = {name: seconds - cpu_before.get(name, 0.0) for name, seconds in stack.cpu_seconds().items()}
+        cpu_after = stack.cpu_seconds() | {"client": _own_cpu_seconds()}
+        cpu = {name: seconds - cpu_before.get(name, 0.0) for name, seconds in cpu_after.items()}
         return LoadResult(durations=[(r.done_at or time.perf_counter()) - r.sent_at for r in results],
                           tokens=[len(r.token_times) for r in results], failures=failures, page_ms=page_ms, wall=wall,
                           cpu=cpu)
 
-    return asyncio.run(run())
+    return _run(run())
 
 
 def _concurrent_sync_load(stack: Stack, account: Account, question: str) -> LoadResult:
@@ -466,7 +503,7 @@ def _concurrent_sync_load(stack: Stack, account: Account, question: str) -> Load
             poller = asyncio.create_task(
                 _page_poller(stack.base_url + PAGE_PATH, {"sessionid": account.session}, stop))
             await asyncio.sleep(0.5)
-            cpu_before = stack.cpu_seconds()
+            cpu_before = stack.cpu_seconds() | {"client": _own_cpu_seconds()}
 
             async def one() -> tuple[float, int, str | None]:
                 started = time.perf_counter()
@@ -481,11 +518,12 @@ def _concurrent_sync_load(stack: Stack, account: Account, question: str) -> Load
             wall = time.perf_counter() - started
             stop.set()
             page_ms = await poller
-            cpu = {name: seconds - cpu_before.get(name, 0.0) for name, seconds in stack.cpu_seconds().items()}
+            cpu_after = stack.cpu_seconds() | {"client": _own_cpu_seconds()}
+            cpu = {name: seconds - cpu_before.get(name, 0.0) for name, seconds in cpu_after.items()}
         return LoadResult(durations=[r[0] for r in results], tokens=[r[1] for r in results],
                           failures=[r[2] for r in results if r[2]], page_ms=page_ms, wall=wall, cpu=cpu)
 
-    return asyncio.run(run())
+    return _run(run())
 
 
 @benchmark("chat.concurrency")
@@ -495,10 +533,11 @@ def chat_concurrency() -> list[Row]:
                 f"token_ms={MODEL_TOKEN_MS},tokens={MODEL_TOKENS}]]")
     threads = int(os.environ.get("CHAT_BENCH_SYNC_THREADS", "20"))
     stack = Stack()
+    load_before = _load()
     try:
         stack.start_fake()
         with _throwaway_account(corpus) as account:
-            model_alone = asyncio.run(_direct_first_tokens(stack, [_prompt_for(account, question)]))[0][-1]
+            model_alone = _run(_direct_first_tokens(stack, [_prompt_for(account, question)]))[0][-1]
             stack.start_app()
             warm = _new_conversations(account, 10)
             warm_question = corpus.questions[1]
@@ -519,7 +558,7 @@ def chat_concurrency() -> list[Row]:
     worst = max(asynced.durations) / model_alone
     worst_sync = max(synced.durations) / model_alone
     note = (f"{CONCURRENT_CHATS} chats at once, model alone {model_alone:.2f} s; baseline: WSGI view calling the "
-            f"model inline, {threads} threads")
+            f"model inline, {threads} threads; load {load_before} before, {_load()} after")
     return [
         Row(name, "chats completed", CONCURRENT_CHATS - len(asynced.failures), "chats",
             baseline=CONCURRENT_CHATS - len(synced.failures), target=f">= {CONCURRENT_CHATS}",

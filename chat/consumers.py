@@ -106,7 +106,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             document_ids=content.get("document_ids"),
         )
         logger.debug("ask saved and queued in %.1f ms", (time.perf_counter() - received) * 1000)
-        self._follow(answer.id, after=0)
+        self._follow(answer.id, after=0, fresh=True)
 
     async def _cancel(self, content: dict[str, Any]) -> None:
         message_id = content.get("message_id") or self.following
@@ -130,11 +130,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.relay.cancel()
         self._follow(message_id, after=after)
 
-    def _follow(self, message_id: int, *, after: int) -> None:
+    def _follow(self, message_id: int, *, after: int, fresh: bool = False) -> None:
         self.following = message_id
-        self.relay = asyncio.get_running_loop().create_task(self._relay(message_id, after))
+        self.relay = asyncio.get_running_loop().create_task(self._relay(message_id, after, fresh))
 
-    async def _relay(self, message_id: int, after: int) -> None:
+    async def _relay(self, message_id: int, after: int, fresh: bool = False) -> None:
         user = self.scope["user"]
 
         async def load() -> Message | None:
@@ -142,7 +142,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
         try:
             async for item in events.follow(message_id, after=after, heartbeat=settings.CHAT_SSE_HEARTBEAT_SECONDS,
-                                            load_message=load):
+                                            load_message=load, fresh=fresh):
                 if item is not None:
                     await self.send(text_data=item.data)
         except asyncio.CancelledError:

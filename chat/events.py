@@ -12,8 +12,10 @@ the answer ends; afterwards readers rebuild the closing events from the saved me
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
+import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
@@ -47,14 +49,18 @@ class Event(NamedTuple):
         return f"id: {self.seq}\nevent: {self.type}\ndata: {self.data}\n\n".encode()
 
 
-def event(seq: int, type_: str, **payload: Any) -> Event:
-    return Event(seq, type_, json.dumps({"type": type_, "seq": seq, **payload}, default=_json_default))
-
-
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# One encoder for every event: json.dumps(..., default=...) would build a new one for each token.
+_encode = json.JSONEncoder(default=_json_default).encode
+
+
+def event(seq: int, type_: str, **payload: Any) -> Event:
+    return Event(seq, type_, _encode({"type": type_, "seq": seq, **payload}))
 
 
 def start_event(message: Message) -> Event:
@@ -110,7 +116,8 @@ def redis_client() -> redis.Redis:
     global _sync_client
     with _sync_lock:
         if _sync_client is None:
-            _sync_client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30)
+            _sync_client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30,
+                                                driver_info=None)
         return _sync_client
 
 
@@ -130,6 +137,9 @@ def async_redis() -> aioredis.Redis:
             socket_keepalive=True,
             health_check_interval=30,
             max_connections=10_000,
+            # No CLIENT SETINFO: a burst of answers opens a connection each, and redis-py would otherwise read
+            # its own package metadata (~1 ms) and spend a round trip on every one of them.
+            driver_info=None,
         )
         _async_clients[loop] = client
     return client
@@ -221,46 +231,231 @@ def _sink() -> _Sink:
     return sink
 
 
+class _Follower:
+    """One reader of one answer's stream, fed by the loop's `_Hub`."""
+
+    __slots__ = ("error", "items", "key", "last", "waiter")
+
+    def __init__(self, key: str, last: int) -> None:
+        self.key = key
+        self.last = last
+        self.items: list[Event] = []
+        self.waiter: asyncio.Future[None] | None = None
+        self.error: BaseException | None = None
+
+    def push(self, item: Event) -> None:
+        self.items.append(item)
+        self.last = item.seq
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def next_batch(self, timeout: float) -> list[Event]:
+        """The events received since the last call; empty after `timeout` seconds without any."""
+        if not self.items and self.error is None:
+            loop = asyncio.get_running_loop()
+            self.waiter = waiter = loop.create_future()
+            timer = loop.call_later(timeout, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self.waiter = None
+        if self.error is not None:
+            raise self.error
+        batch, self.items = self.items, []
+        return batch
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _Hub:
+    """Every live reader of an event loop (a web process' sockets and SSE responses) waits in one blocking XREAD
+    over all the streams they follow, instead of one XREAD per reader: with hundreds of answers streaming, a
+    token costs its reader a dispatch in the loop rather than a Redis round trip of its own.
+
+    A reader whose stream is not in the XREAD under way adds an entry to the hub's own wake-up stream, which
+    ends the wait; the next XREAD includes the new stream, read from where that reader stands."""
+
+    BLOCK_MS = 5_000
+    # With many streams live, a short pause between reads lets each XREAD (whose arguments name every stream
+    # followed) bring back several tokens per stream instead of one: fewer, fuller reads, a few ms later.
+    BATCH_FROM_STREAMS = 16
+    BATCH_SECONDS = 0.005
+
+    def __init__(self) -> None:
+        self.followers: dict[str, set[_Follower]] = {}
+        self.wake_key = f"{KEY_PREFIX}wake:{uuid.uuid4().hex}"
+        self._wake_last = b"0-0"
+        self._reading: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Task[None] | None = None
+        self._client: aioredis.Redis | None = None
+
+    def add(self, follower: _Follower) -> Awaitable[Any] | None:
+        """Registers `follower`; returns the wake-up to await when the XREAD under way does not cover it."""
+        self.followers.setdefault(follower.key, set()).add(follower)
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run())
+            return None
+        if follower.key in self._reading:
+            return None  # read already, from a position at or before this reader's (the hub tracks the minimum)
+        if self._wake is None or self._wake.done():
+            # Readers arriving together (a burst of questions) share one wake-up.
+            self._wake = loop.create_task(self._send_wake())
+        return asyncio.shield(self._wake)
+
+    async def _send_wake(self) -> None:
+        async with async_redis().pipeline(transaction=False) as pipe:
+            pipe.xadd(self.wake_key, {"w": b"1"}, maxlen=16, approximate=True)
+            pipe.expire(self.wake_key, 3600)
+            await pipe.execute()
+
+    def remove(self, follower: _Follower) -> None:
+        group = self.followers.get(follower.key)
+        if group is not None:
+            group.discard(follower)
+            if not group:
+                del self.followers[follower.key]
+
+    async def _run(self) -> None:
+        client = self._client = self._client or aioredis.Redis.from_url(
+            settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=self.BLOCK_MS / 1000 + 10,
+            socket_keepalive=True, single_connection_client=True, driver_info=None,
+        )
+        try:
+            while self.followers:
+                streams: dict[str, Any] = {self.wake_key: self._wake_last}
+                for key, group in self.followers.items():
+                    streams[key] = f"{min(f.last for f in group)}-0"
+                self._reading = set(streams)
+                reply = await client.xread(streams, count=1000, block=self.BLOCK_MS)
+                self._reading = set()
+                for raw_key, entries in reply or ():
+                    key = raw_key.decode()
+                    if key == self.wake_key:
+                        self._wake_last = entries[-1][0]
+                        continue
+                    group = self.followers.get(key)
+                    if not group:
+                        continue
+                    for entry_id, fields in entries:
+                        seq = int(entry_id.split(b"-", 1)[0])
+                        item = Event(seq, fields[b"t"].decode(), fields[b"e"].decode())
+                        for follower in group:
+                            if seq > follower.last:
+                                follower.push(item)
+                if reply and len(self.followers) >= self.BATCH_FROM_STREAMS:
+                    await asyncio.sleep(self.BATCH_SECONDS)
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else ConnectionError("the event reader stopped")
+            for group in list(self.followers.values()):
+                for follower in group:
+                    follower.fail(error)
+            self.followers.clear()
+            # A cancelled or failed XREAD leaves the connection mid-reply: the next hub starts on a fresh one.
+            self._client = None
+            with contextlib.suppress(Exception):
+                await client.connection_pool.disconnect()
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._reading = set()
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub] = weakref.WeakKeyDictionary()
+
+
+def _hub() -> _Hub:
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = _Hub()
+    return hub
+
+
 async def follow(
     message_id: int,
     *,
     after: int = 0,
     heartbeat: float,
     load_message: Callable[[], Awaitable[Message | None]],
+    fresh: bool = False,
 ) -> AsyncIterator[Event | None]:
     """The answer's events with seq > `after`, live, until `done`; None after every `heartbeat` seconds
-    without any. When the stream has expired, the closing events are rebuilt from the saved message."""
+    without any. When the stream has expired, the closing events are rebuilt from the saved message.
+
+    `fresh`: the answer was just asked for in this process, so its stream exists (`start` is written before
+    the question is accepted): everything is read live, without the first look."""
     client = async_redis()
     key = stream_key(message_id)
-    last = f"{after}-0"
-    block: int | None = None  # the first read only looks, so a missing stream is noticed at once
-    while True:
-        if block is None:
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.xread({key: last}, count=1000)
-                pipe.exists(key)
-                reply, exists = await pipe.execute()
-        else:
-            reply = await client.xread({key: last}, count=1000, block=block)
-            exists = True
-        if reply:
-            for entry_id, fields in reply[0][1]:
-                item = Event(int(entry_id.split(b"-", 1)[0]), fields[b"t"].decode(), fields[b"e"].decode())
+    # What is there already, in one look (a missing stream is noticed at once); then live, through the hub.
+    reply, exists = [], True
+    if not fresh:
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.xread({key: f"{after}-0"}, count=1000)
+            pipe.exists(key)
+            reply, exists = await pipe.execute()
+    last = after
+    while reply:
+        entries = reply[0][1]
+        for entry_id, fields in entries:
+            item = Event(int(entry_id.split(b"-", 1)[0]), fields[b"t"].decode(), fields[b"e"].decode())
+            yield item
+            if item.type == TERMINAL:
+                return
+            last = item.seq
+        if len(entries) < 1000:
+            break
+        reply = await client.xread({key: f"{last}-0"}, count=1000)
+    if not exists:
+        closing = await _closing_from_database(load_message, after=last)
+        if closing is not None:
+            for item in closing:
+                yield item
+            return
+    hub = _hub()
+    follower = _Follower(key, last)
+    try:
+        wake = hub.add(follower)
+        if wake is not None:
+            await wake
+        while True:
+            batch = await follower.next_batch(heartbeat)
+            for item in batch:
                 yield item
                 if item.type == TERMINAL:
                     return
-            last = entry_id.decode()
-            block = max(1, int(heartbeat * 1000))
-            continue
-        if not exists or (block is not None and not await client.exists(key)):
-            message = await load_message()
-            if message is None:
-                return
-            if message.is_finished:
-                for item in closing_events(message):
-                    if item.seq > after:
-                        yield item
-                return
-        if block is not None:
-            yield None
-        block = max(1, int(heartbeat * 1000))
+            if not batch:
+                if not await client.exists(key):
+                    closing = await _closing_from_database(load_message, after=follower.last)
+                    if closing is not None:
+                        for item in closing:
+                            yield item
+                        return
+                yield None
+    finally:
+        hub.remove(follower)
+
+
+async def _closing_from_database(
+    load_message: Callable[[], Awaitable[Message | None]], *, after: int
+) -> list[Event] | None:
+    """The stream is gone (expired, or not written yet): the closing events rebuilt from the saved answer when
+    it is finished (none if it was deleted), None while it is not finished."""
+    message = await load_message()
+    if message is None:
+        return []
+    if not message.is_finished:
+        return None
+    return [item for item in closing_events(message) if item.seq > after]

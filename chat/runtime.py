@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from celery.concurrency.thread import TaskPool as ThreadTaskPool
 from django.conf import settings
 
 from chat import events
@@ -31,14 +32,25 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    # uvloop (installed with uvicorn[standard]) runs each callback, socket read and timer for a fraction of
+    # the CPU of the pure-Python loop, and this loop wakes for every token of every answer in flight.
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class Runtime:
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = _new_event_loop()
         self.db_executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, settings.CHAT_WORKER_DB_THREADS), thread_name_prefix="chat-db"
         )
         self._in_flight: dict[int, asyncio.Task[Any]] = {}
         self._cancel_requested: set[int] = set()
+        self._checks: list[tuple[int, asyncio.Future[bool]]] = []
         started = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(started,), name="chat-llm-loop", daemon=True)
         self.thread.start()
@@ -71,15 +83,29 @@ class Runtime:
         self._cancel_requested.discard(message_id)
 
     async def check_cancelled(self, message_id: int) -> bool:
-        """Whether the edge flagged the answer before its stream was tracked (the poller covers later flags)."""
-        try:
-            flagged = await events.async_redis().exists(events.cancel_key(message_id))
-        except Exception:
-            logger.warning("could not check the cancel flag of answer %s", message_id, exc_info=True)
-            return False
+        """Whether the edge flagged the answer before its stream was tracked (the poller covers later flags).
+
+        Answers that start together (a burst of questions) share one MGET: one command and one connection,
+        where one EXISTS each would open as many connections as there are answers starting."""
+        waiter = self.loop.create_future()
+        self._checks.append((message_id, waiter))
+        if len(self._checks) == 1:
+            self.loop.create_task(self._check_flags())
+        flagged = await waiter
         if flagged:
             self._cancel_requested.add(message_id)
-        return bool(flagged)
+        return flagged
+
+    async def _check_flags(self) -> None:
+        checks, self._checks = self._checks, []
+        try:
+            flags = await events.async_redis().mget([events.cancel_key(mid) for mid, _ in checks])
+        except Exception:
+            logger.warning("could not check the cancel flags of %d answers", len(checks), exc_info=True)
+            flags = [None] * len(checks)
+        for (_, waiter), flag in zip(checks, flags, strict=True):
+            if not waiter.done():
+                waiter.set_result(bool(flag))
 
     async def _poll_cancellations(self) -> None:
         while True:
@@ -109,3 +135,19 @@ def get_runtime() -> Runtime:
         if _runtime is None:
             _runtime = Runtime()
         return _runtime
+
+
+class TaskPool(ThreadTaskPool):
+    """Celery's threads pool for the llm worker (`-P chat.runtime:TaskPool`), with all its threads started up front.
+
+    ThreadPoolExecutor starts a thread the first time every thread is busy, and Thread.start() waits until the
+    new thread runs. In a burst of questions the worker's consumer paid that wait, under a GIL contended by the
+    answers already streaming, for each task up to the concurrency: tasks sat for seconds in the prefetch buffer.
+    A Celery thread only hands its answer to the event loop and waits, so idle threads cost nothing but memory."""
+
+    def on_start(self) -> None:
+        super().on_start()
+        started = threading.Barrier(self.limit + 1)
+        for _ in range(self.limit):
+            self.executor.submit(started.wait)
+        started.wait()

@@ -2,7 +2,10 @@
 
 Worker commands (the same in `manage.py runstack` and docker-compose.yml):
     celery -A config worker -Q ingest -P prefork -c 2   --prefetch-multiplier 1
-    celery -A config worker -Q llm    -P threads -c 200 --prefetch-multiplier 1
+    CELERY_CUSTOM_WORKER_POOL=chat.runtime:TaskPool \
+    celery -A config worker -Q llm    -P custom  -c 200 --prefetch-multiplier 1
+The llm worker's pool is Celery's threads pool with its threads started up front (see chat.runtime.TaskPool);
+`-P threads` works too, only slower to take up a burst of questions.
 """
 
 from __future__ import annotations

@@ -19,6 +19,12 @@ from django.core.management.base import BaseCommand, CommandError
 from config.redis_service import RedisUnavailable, redis_reachable, redis_server_command, wait_for_redis
 
 COLORS = {"web": "36", "ingest": "33", "llm": "35", "redis": "32"}
+# Token events are a few dozen bytes each: compressing every one of them (permessage-deflate, which browsers
+# offer) costs the server and the client CPU per token and saves almost nothing on the wire.
+WEB_SERVER_OPTIONS = ["--ws-per-message-deflate", "false"]
+# The llm worker's pool: Celery's threads pool with its threads started up front (chat.runtime.TaskPool).
+# Celery's command line takes a pool class only as `-P custom` with this variable set.
+LLM_POOL_ENV = {"CELERY_CUSTOM_WORKER_POOL": "chat.runtime:TaskPool"}
 
 
 class Command(BaseCommand):
@@ -37,16 +43,17 @@ class Command(BaseCommand):
                   "--without-mingle"]
         commands = {
             "web": [python, "-m", "uvicorn", "config.asgi:application", "--host", host, "--port", str(port),
-                    "--no-access-log" if not settings.DEBUG else "--access-log", "--timeout-graceful-shutdown", "5"],
+                    "--no-access-log" if not settings.DEBUG else "--access-log", "--timeout-graceful-shutdown", "5",
+                    *WEB_SERVER_OPTIONS],
             "ingest": [*celery, "-Q", "ingest", "-P", "prefork", "-c", str(settings.INGEST_CONCURRENCY),
                        "-n", "ingest@%h", "--prefetch-multiplier", "1", "--max-tasks-per-child", "50",
                        # beat runs the periodic sweeps (stuck documents); docker-compose runs it as its own service
                        "-B", "-s", str(settings.DATA_DIR / "celerybeat-schedule")],
-            "llm": [*celery, "-Q", "llm", "-P", "threads", "-c", str(settings.LLM_CONCURRENCY),
+            "llm": [*celery, "-Q", "llm", "-P", "custom", "-c", str(settings.LLM_CONCURRENCY),
                     "-n", "llm@%h", "--prefetch-multiplier", "1"],
         }
         for name, command in commands.items():
-            self._spawn(name, command)
+            self._spawn(name, command, env=LLM_POOL_ENV if name == "llm" else None)
         self.stdout.write(f"Docent is starting on http://{host}:{port}/ (Ctrl-C stops everything)")
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         exit_code = 0
@@ -77,10 +84,10 @@ class Command(BaseCommand):
             self._stop_all()
             raise CommandError(str(exc)) from exc
 
-    def _spawn(self, name: str, command: list[str]) -> None:
+    def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
         process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-            env=os.environ | {"PYTHONUNBUFFERED": "1"}, start_new_session=True,
+            env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}), start_new_session=True,
         )
         self.processes[name] = process
         prefix = f"\033[{COLORS.get(name, '0')}m{name:<7}|\033[0m " if sys.stdout.isatty() else f"{name:<7}| "
