@@ -3,7 +3,6 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_ready
@@ -16,13 +15,8 @@ logger = logging.getLogger(__name__)
 # No Celery retries: the answer settles its own failures (error event, reservation released or settled), and a
 # redelivery after a worker crash finishes the interrupted answer instead of starting it again.
 @shared_task(bind=True, acks_late=True, max_retries=0, ignore_result=True)
-def generate_answer(self, message_id: int, hint: dict[str, Any] | None = None) -> None:
-    """`hint`: what the edge knew when it queued the answer (owner, question, documents), which lets the worker
-    start searching before it has read the answer back; tasks queued without one work as before."""
-    if hint is None:
-        answer_generate(message_id=message_id)
-    else:
-        answer_generate(message_id=message_id, hint=hint)
+def generate_answer(self, message_id: int) -> None:
+    answer_generate(message_id=message_id)
 
 
 @worker_ready.connect
