@@ -30,7 +30,7 @@ from django.utils import timezone
 from accounts.models import User
 from billing.limiter import LimiterConfig, Limits, Reservation
 from billing.selectors import model_limits
-from billing.services import llm_heartbeat, llm_release, llm_reserve, llm_settle
+from billing.services import llm_heartbeat_async, llm_release, llm_reserve, llm_settle
 from chat import events
 from chat.models import Conversation, Message
 from chat.prompting import (
@@ -404,7 +404,7 @@ async def _generate(runtime: Runtime, message_id: int) -> None:
         # The first beat at once: the answer may have waited in the queue for most of its slot's lifetime.
         while not stream.done():
             try:
-                if not await runtime.db(llm_heartbeat, reservation=job.reservation):
+                if not await llm_heartbeat_async(reservation=job.reservation):
                     logger.warning("answer %s outlived its concurrency slot", message_id)
             except Exception:
                 logger.warning("slot heartbeat failed for answer %s", message_id, exc_info=True)
