@@ -6,12 +6,17 @@ from typing import Any
 
 from billing.limiter import LimitExceeded
 
-_WHAT = {
-    "rpm": "requests per minute",
-    "tpm": "tokens per minute",
-    "concurrency": "concurrent requests",
-    "quota": "tokens this month",
+_WHAT = {  # (one, many)
+    "rpm": ("request per minute", "requests per minute"),
+    "tpm": ("token per minute", "tokens per minute"),
+    "concurrency": ("concurrent request", "concurrent requests"),
+    "quota": ("token this month", "tokens this month"),
 }
+
+
+def _what(limit: str, count: int) -> str:
+    one, many = _WHAT[limit]
+    return one if count == 1 else many
 
 
 def _when(seconds: int) -> str:
@@ -25,10 +30,10 @@ def _when(seconds: int) -> str:
 
 
 def limit_exceeded_message(exc: LimitExceeded) -> str:
-    limit = f"{exc.limit_value:,} {_WHAT[exc.limit]}"
+    limit = f"{exc.limit_value:,} {_what(exc.limit, exc.limit_value)}"
     if not exc.satisfiable:
         if exc.limit_value == 0:
-            return f"Your plan allows no {_WHAT[exc.limit]}."
+            return f"Your plan allows no {_what(exc.limit, 0)}."
         return (f"This request needs more tokens than your plan allows ({limit}); "
                 "send a shorter prompt or a lower max_tokens.")
     if exc.limit == "quota":

@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
 from accounts.tests.factories import UserFactory
-from billing.http import limit_exceeded_event
+from billing.http import limit_exceeded_event, limit_exceeded_message
 from billing.limiter import LimitExceeded
 from billing.services import MB, limits_check_upload, llm_reserve, llm_settle, usage_record
 from billing.tests.factories import ModelPriceFactory, PlanFactory, subscribe
@@ -203,3 +203,18 @@ def test_unreachable_redis_refuses_the_call_with_503(price, settings):
 
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "limiter_unavailable"
+
+
+@pytest.mark.parametrize(
+    ("limit", "value", "expected"),
+    [
+        ("rpm", 1, "your plan allows 1 request per minute. Try again in 30 s."),
+        ("rpm", 2, "your plan allows 2 requests per minute. Try again in 30 s."),
+        ("tpm", 1_000, "your plan allows 1,000 tokens per minute. Try again in 30 s."),
+    ],
+)
+def test_refusal_message_counts_in_the_singular_and_plural(limit, value, expected):
+    refused = LimitExceeded(limit=limit, retry_after=30, retry_after_ms=30_000, limit_value=value, remaining=0,
+                            reset_seconds=30, satisfiable=True, violated=(limit,), states={})
+
+    assert limit_exceeded_message(refused) == f"Rate limit reached: {expected}"

@@ -165,7 +165,7 @@ def test_quota_and_rate_limit_refusals_say_why_and_when_to_retry(live, llm, page
     page.get_by_label("Your question").fill("Second")
     page.get_by_role("button", name="Ask").click()
     status.filter(has_text="Rate limit").wait_for(timeout=10_000)
-    message = re.fullmatch(r"Rate limit reached: your plan allows 1 requests? per minute\. Try again in (\d+) s\.",
+    message = re.fullmatch(r"Rate limit reached: your plan allows 1 request per minute\. Try again in (\d+) s\.",
                            status.inner_text())
     assert message and 1 <= int(message.group(1)) <= 60, status.inner_text()
     assert page.get_by_label("Your question").input_value() == "Second"
