@@ -3,6 +3,8 @@ costs a coroutine, not a thread); the lists and cancel are ordinary DRF views.""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -102,10 +104,22 @@ async def _finished_answer(user: User, message_id: int) -> JsonResponse:
     async def load() -> Message | None:
         return await db(message_find)(user=user, message_id=message_id)
 
-    async for _ in events.follow(message_id, heartbeat=settings.CHAT_SSE_HEARTBEAT_SECONDS, load_message=load):
-        pass
+    # Bounded: with no worker running (or a model that never ends) the client is not left hanging; it gets the
+    # answer so far and where to follow the rest, and the answer itself carries on.
+    followed = events.follow(message_id, heartbeat=settings.CHAT_SSE_HEARTBEAT_SECONDS, load_message=load)
+    finished = True
+    try:
+        async with contextlib.aclosing(followed), asyncio.timeout(settings.CHAT_API_WAIT_SECONDS):
+            async for _ in followed:
+                pass
+    except TimeoutError:
+        finished = False
     message = await db(message_get)(user=user, message_id=message_id)
     data = MessageOut(message).data
+    if not finished:
+        response = JsonResponse(data, status=202)
+        response["Location"] = f"/api/v1/chat/messages/{message_id}/stream"
+        return response
     if message.error_code:
         error = {"code": message.error_code, "message": message.error_message, "message_id": message.id,
                  "partial": data}

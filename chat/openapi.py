@@ -56,7 +56,9 @@ def _chat_ask() -> dict[str, Any]:
         "summary": "Ask a question about your documents",
         "description": (
             "With `Accept: text/event-stream` the answer streams as it is generated; otherwise the response is "
-            "the finished answer (201), or 502 with the partial answer when the model failed.\n\n"
+            "the finished answer (201), or 502 with the partial answer when the model failed. An answer still "
+            "running after `CHAT_API_WAIT_SECONDS` (default 300) is returned as it stands with 202 and a "
+            "`Location` to follow the rest.\n\n"
             + EVENTS_DESCRIPTION
         ),
         "tags": ["v1"],
@@ -65,6 +67,10 @@ def _chat_ask() -> dict[str, Any]:
         "responses": {
             "200": {"description": "The answer's events (with `Accept: text/event-stream`).", "content": _EVENT_STREAM},
             "201": {"description": "The finished answer.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MessageOut"}}}},
+            "202": {"description": "Still being answered: the answer so far; `Location` streams the rest.",
+                    "headers": {"Location": {"schema": {"type": "string"},
+                                             "description": "This answer's event stream."}},
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MessageOut"}}}},
             "400": _ERROR, "401": _ERROR, "403": _ERROR, "404": _ERROR, "429": _ERROR, "502": _ERROR,
         },

@@ -356,6 +356,9 @@ CHAT_MAX_QUESTION_CHARS = env_int("CHAT_MAX_QUESTION_CHARS", 8000)
 # Events of one answer stay in Redis this long after it ends, for late and reconnecting clients.
 CHAT_STREAM_TTL_SECONDS = env_int("CHAT_STREAM_TTL_SECONDS", 900)
 CHAT_SSE_HEARTBEAT_SECONDS = float(env("CHAT_SSE_HEARTBEAT_SECONDS", "15"))
+# POST /api/v1/chat/ without `Accept: text/event-stream` waits this long for the finished answer, then answers
+# 202 with the answer so far and a Location to follow the rest (the answer itself carries on).
+CHAT_API_WAIT_SECONDS = float(env("CHAT_API_WAIT_SECONDS", "300"))
 # How often a long stream renews its concurrency slot with billing (the slot lapses after 120 s without).
 CHAT_SLOT_HEARTBEAT_SECONDS = float(env("CHAT_SLOT_HEARTBEAT_SECONDS", "30"))
 CHAT_CANCEL_POLL_SECONDS = float(env("CHAT_CANCEL_POLL_SECONDS", "0.2"))

@@ -268,3 +268,23 @@ def test_sse_sends_heartbeat_comments_while_the_model_is_silent(live, llm, setti
     first_token = next(i for i, line in enumerate(lines) if line == "event: token")
     assert lines[:first_token].count(": keep-alive") >= 3
     assert "event: done" in lines[-4:]  # and then the server closed the stream
+
+
+def test_post_without_event_stream_answers_202_when_the_answer_outlasts_the_wait(live, llm, settings) -> None:
+    settings.CHAT_API_WAIT_SECONDS = 0.5
+    user = chat_user()
+    document_with_chunks(owner=user, title="Gnuplot manual", texts=PLOTTING)
+    llm.configure(text=ANSWER, token_ms=150)  # well past the wait
+    headers = {"Authorization": f"Bearer {api_key(user)}"}
+
+    response = httpx.post(f"{live}/api/v1/chat/", json={"message": "What does gnuplot draw?"}, headers=headers,
+                          timeout=10)
+
+    assert response.status_code == 202
+    body = response.json()
+    assert body["role"] == "assistant" and body["status"] == "streaming" and not body["finish_reason"]
+    assert response.headers["location"] == f"/api/v1/chat/messages/{body['id']}/stream"
+    with httpx.stream("GET", live + response.headers["location"], headers=headers, timeout=30) as stream:
+        replay = sse_events(stream)
+    assert replay[-1]["event"] == "done" and replay[-1]["data"]["content"] == ANSWER
+    assert Message.objects.get(id=body["id"]).content == ANSWER
