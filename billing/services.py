@@ -193,6 +193,8 @@ class _Cached:
 _admissions: dict[int, _Cached] = {}  # user id -> (Subscription, EffectiveLimits)
 _price_rows: dict[str, _Cached] = {}  # model -> its ModelPrice rows, newest first
 _cache_lock = threading.Lock()
+# Bumped by every clear: a copy read before a clear (an admission racing a plan change) is not stored after it.
+_cache_generation = 0
 
 
 def _cache_seconds() -> float:
@@ -208,9 +210,11 @@ def _admission(user: User) -> tuple[Subscription, EffectiveLimits]:
         subscription, limits = cached.value
         if subscription.current_period_end > timezone.now():
             return subscription, limits
+    generation = _cache_generation
     subscription, limits = _current(user)
     with _cache_lock:
-        _admissions[user.pk] = _Cached(time.monotonic() + ttl, (subscription, limits))
+        if generation == _cache_generation:
+            _admissions[user.pk] = _Cached(time.monotonic() + ttl, (subscription, limits))
     return subscription, limits
 
 
@@ -221,16 +225,20 @@ def _price_at(*, model: str, at: datetime) -> ModelPrice | None:
         return price_at(model=model, at=at)
     cached = _price_rows.get(model)
     if cached is None or cached.expires <= time.monotonic():
+        generation = _cache_generation
         rows = list(ModelPrice.objects.filter(model=model).order_by("-effective_from"))
         cached = _Cached(time.monotonic() + ttl, rows)
         with _cache_lock:
-            _price_rows[model] = cached
+            if generation == _cache_generation:
+                _price_rows[model] = cached
     return next((row for row in cached.value if row.effective_from <= at), None)
 
 
 def limits_cache_clear(*, user_id: int | None = None) -> None:
     """Forget this process' copies: one user's admission, or everything (plans and prices changed)."""
+    global _cache_generation
     with _cache_lock:
+        _cache_generation += 1
         if user_id is None:
             _admissions.clear()
             _price_rows.clear()
@@ -238,12 +246,16 @@ def limits_cache_clear(*, user_id: int | None = None) -> None:
             _admissions.pop(user_id, None)
 
 
+# Cleared when the row is saved and again when its transaction commits: in between, an admission elsewhere in
+# the process may still read (and cache) the committed, older row.
 def _subscription_changed(sender: type, instance: Subscription, **kwargs: object) -> None:
     limits_cache_clear(user_id=instance.user_id)
+    transaction.on_commit(lambda: limits_cache_clear(user_id=instance.user_id))
 
 
 def _catalogue_changed(sender: type, instance: object, **kwargs: object) -> None:
     limits_cache_clear()
+    transaction.on_commit(limits_cache_clear)
 
 
 for _signal in (post_save, post_delete):

@@ -90,9 +90,12 @@ def _event_stream(user: User, message_id: int, after: int, *, fresh: bool = Fals
 
     async def body() -> AsyncIterator[bytes]:
         yield b"retry: 1000\n\n"
-        async for item in events.follow(message_id, after=after, heartbeat=settings.CHAT_SSE_HEARTBEAT_SECONDS,
-                                        load_message=load, fresh=fresh):
-            yield b": keep-alive\n\n" if item is None else item.sse()
+        followed = events.follow(message_id, after=after, heartbeat=settings.CHAT_SSE_HEARTBEAT_SECONDS,
+                                 load_message=load, fresh=fresh)
+        # Closed as soon as the client goes, not when the generator is collected: the reader leaves the hub now.
+        async with contextlib.aclosing(followed):
+            async for item in followed:
+                yield b": keep-alive\n\n" if item is None else item.sse()
 
     response = StreamingHttpResponse(body(), content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache, no-transform"

@@ -10,12 +10,14 @@ at most every `TIDY_EVERY_SECONDS`, which still closes connections past their ag
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from asgiref.sync import SyncToAsync
+from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 
 T = TypeVar("T")
@@ -62,6 +64,22 @@ class _DatabaseCall(SyncToAsync):
             tidy_connections()
 
 
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _database_executor() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads these calls run on, few and fixed: each keeps its connection between calls, so their number
+    bounds the connections (or pool slots) a process holds for its async code, whatever the machine's size."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=max(1, settings.ASYNC_DB_THREADS), thread_name_prefix="async-db"
+            )
+        return _executor
+
+
 def db(fn: Callable[..., T]) -> Callable[..., Any]:
-    """`await db(fn)(...)`: run blocking Django code on the event loop's shared executor."""
-    return _DatabaseCall(fn, thread_sensitive=False)
+    """`await db(fn)(...)`: run blocking Django code on the process' database threads."""
+    return _DatabaseCall(fn, thread_sensitive=False, executor=_database_executor())

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -141,10 +142,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return await db(message_find)(user=user, message_id=message_id)
 
         try:
-            async for item in events.follow(message_id, after=after, heartbeat=settings.CHAT_SSE_HEARTBEAT_SECONDS,
-                                            load_message=load, fresh=fresh):
-                if item is not None:
-                    await self.send(text_data=item.data)
+            followed = events.follow(message_id, after=after, heartbeat=settings.CHAT_SSE_HEARTBEAT_SECONDS,
+                                     load_message=load, fresh=fresh)
+            async with contextlib.aclosing(followed):
+                async for item in followed:
+                    if item is not None:
+                        await self.send(text_data=item.data)
         except asyncio.CancelledError:
             raise
         except Exception:

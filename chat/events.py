@@ -296,7 +296,8 @@ class _Hub:
         self.followers: dict[str, set[_Follower]] = {}
         self.wake_key = f"{KEY_PREFIX}wake:{uuid.uuid4().hex}"
         self._wake_last = b"0-0"
-        self._reading: set[str] = set()
+        # The XREAD under way: each stream's starting position (the seq after which it reads).
+        self._reading: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Task[None] | None = None
         self._client: aioredis.Redis | None = None
@@ -308,8 +309,9 @@ class _Hub:
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run())
             return None
-        if follower.key in self._reading:
-            return None  # read already, from a position at or before this reader's (the hub tracks the minimum)
+        start = self._reading.get(follower.key)
+        if start is not None and start <= follower.last:
+            return None  # the read under way covers this reader: it starts at or before the reader's position
         if self._wake is None or self._wake.done():
             # Readers arriving together (a burst of questions) share one wake-up.
             self._wake = loop.create_task(self._send_wake())
@@ -335,12 +337,12 @@ class _Hub:
         )
         try:
             while self.followers:
+                starts = {key: min(f.last for f in group) for key, group in self.followers.items()}
                 streams: dict[str, Any] = {self.wake_key: self._wake_last}
-                for key, group in self.followers.items():
-                    streams[key] = f"{min(f.last for f in group)}-0"
-                self._reading = set(streams)
+                streams.update((key, f"{start}-0") for key, start in starts.items())
+                self._reading = starts
                 reply = await client.xread(streams, count=1000, block=self.BLOCK_MS)
-                self._reading = set()
+                self._reading = {}
                 for raw_key, entries in reply or ():
                     key = raw_key.decode()
                     if key == self.wake_key:
@@ -358,6 +360,11 @@ class _Hub:
                 if reply and len(self.followers) >= self.BATCH_FROM_STREAMS:
                     await asyncio.sleep(self.BATCH_SECONDS)
         except BaseException as exc:
+            # Nothing is read from here on: before the first await, so that a reader arriving meanwhile starts a
+            # new hub task instead of joining one that is ending.
+            self._reading = {}
+            if self._task is asyncio.current_task():
+                self._task = None
             error = exc if isinstance(exc, Exception) else ConnectionError("the event reader stopped")
             for group in list(self.followers.values()):
                 for follower in group:
@@ -370,7 +377,7 @@ class _Hub:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self._reading = set()
+            self._reading = {}
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub] = weakref.WeakKeyDictionary()

@@ -218,14 +218,18 @@ class StreamingTransport(httpx2.AsyncBaseTransport):
         body = await request.aread()
         target = url.raw_path or b"/"
         head = [request.method.encode(), b" ", target, b" HTTP/1.1\r\n"]
+        # The body is read whole: it goes out with its length, never chunk-encoded (no framing written here).
         for name, value in request.headers.raw:
-            head += [name, b": ", value, b"\r\n"]
+            if name.lower() not in (b"transfer-encoding", b"content-length"):
+                head += [name, b": ", value, b"\r\n"]
+        if body or request.method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            head += [b"Content-Length: ", str(len(body)).encode(), b"\r\n"]
         head.append(b"\r\n")
         message = b"".join(head) + body
         conn = self._reuse(origin)
         if conn is None:
             conn = await self._connect(request, origin, timeouts.get("connect"))
-        conn.send(request, message)
+        conn.send(request, message, head_only=request.method == "HEAD")
         try:
             status, headers = await conn.head(timeouts.get("read"))
         except BaseException:
@@ -289,6 +293,9 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.error: Exception | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.head_only = False  # a HEAD request: its response has no body, whatever Content-Length says
+        self.framed = False  # Content-Length or chunked; otherwise the body ends when the server closes
+        self.interim = False  # a 1xx response, to be skipped: the real one follows on the same connection
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -314,6 +321,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if not self.complete and self.status is not None and not self.framed and self.error is None and exc is None:
+            self.complete = True  # a body delimited by the end of the connection, read to its end
+            self.keep_alive = False
         if not self.complete and self.parser is not None and self.error is None:
             self.error = httpx2.RemoteProtocolError(
                 "the server closed the connection before the response ended", request=self.request
@@ -323,14 +333,28 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        lowered = name.lower()
+        if lowered == b"content-length" or (lowered == b"transfer-encoding" and b"chunked" in value.lower()):
+            self.framed = True
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            # 100 Continue, 103 Early Hints: complete messages of their own; the response follows.
+            self.interim = True
+            self.headers, self.framed = [], False
+            return
+        self.status = status
+        if self.head_only:
+            self.complete, self.keep_alive = True, False
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         self.complete = True
         # Asked now: once the parser has moved past the message it no longer knows.
         self.keep_alive = self.parser.should_keep_alive()
@@ -344,11 +368,12 @@ class _Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         return not self.closed and self.error is None and self.transport is not None and not self.transport.is_closing()
 
-    def send(self, request: httpx2.Request, message: bytes) -> None:
+    def send(self, request: httpx2.Request, message: bytes, *, head_only: bool = False) -> None:
         self.request = request
         self.parser = self._httptools.HttpResponseParser(self)
         self.headers, self.status, self.chunks, self.error = [], None, [], None
-        self.complete = self.keep_alive = False
+        self.complete = self.keep_alive = self.framed = self.interim = False
+        self.head_only = head_only
         self.transport.write(message)
 
     async def _wait(self, timeout: float | None) -> None:

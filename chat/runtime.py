@@ -147,7 +147,8 @@ class TaskPool(ThreadTaskPool):
 
     def on_start(self) -> None:
         super().on_start()
-        started = threading.Barrier(self.limit + 1)
+        # Bounded: a thread that cannot start breaks the barrier for all instead of leaving them waiting forever.
+        started = threading.Barrier(self.limit + 1, timeout=60)
         for _ in range(self.limit):
             self.executor.submit(started.wait)
         started.wait()

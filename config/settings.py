@@ -148,6 +148,9 @@ if DB_POOL_MAX_SIZE:
         # A process idle this long gives back its extra connections, down to min_size.
         "max_idle": 300,
     }
+# Threads a process runs its async code's database calls on (consumers, async views): each keeps a connection,
+# so keep this well under DB_POOL_MAX_SIZE, which also serves the sync views' per-request threads.
+ASYNC_DB_THREADS = env_int("ASYNC_DB_THREADS", 8)
 # A socket directory given as ?host=… belongs in HOST, where Django and its tools look for it.
 DATABASES["default"]["HOST"] = DATABASES["default"]["OPTIONS"].pop("host", DATABASES["default"]["HOST"])
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

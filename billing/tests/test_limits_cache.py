@@ -116,3 +116,25 @@ def test_new_price_row_prices_the_next_settlement():
                         completion_tokens=0, latency_ms=1, request_id=reservation.request_id)
 
     assert record.cost == 1
+
+
+def test_limits_read_before_a_change_are_not_cached_after_it(monkeypatch):
+    # Found in review: an admission that read the old plan while another thread saved the new one stored the old
+    # limits after the save had cleared the cache, and served them for the cache's lifetime.
+    from billing import services
+
+    user = UserFactory()
+    subscribe(user=user, plan=PlanFactory(slug="small", requests_per_minute=100, chat_models=[MODEL]))
+    PlanFactory(slug="big", requests_per_minute=100, chat_models=[MODEL, "gpt-4.1"])
+    read_current = services._current
+
+    def current_then_plan_changes(user):
+        read = read_current(user)  # the old plan
+        subscription_assign_plan(user=user, plan_slug="big")  # saved (and the cache cleared) meanwhile
+        return read
+
+    monkeypatch.setattr(services, "_current", current_then_plan_changes)
+    llm_release(reservation=_reserve(user))
+    monkeypatch.setattr(services, "_current", read_current)
+
+    llm_release(reservation=_reserve(user, model="gpt-4.1"))

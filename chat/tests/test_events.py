@@ -69,3 +69,34 @@ def test_fresh_reader_gets_the_answer_from_its_first_event(message_ids) -> None:
         return await asyncio.wait_for(reader, 10)
 
     assert asyncio.run(run()) == [1, 2, 3, 4, 5]
+
+
+def test_reader_joining_behind_the_read_under_way_still_gets_every_event(message_ids) -> None:
+    # Found in review: a resuming reader (a second tab, a reconnect) could join the hub while its XREAD was already
+    # past the reader's position, because another reader of the same answer had moved it on; it missed the gap.
+    message_id = message_ids[0]
+    _write(message_id, 1, 10)
+
+    async def run() -> tuple[list[int], list[int]]:
+        ahead = asyncio.create_task(_read(message_id, after=10))
+        await asyncio.sleep(0.05)  # waiting in the hub's XREAD, from 10
+        behind = events.follow(message_id, after=3, heartbeat=5, load_message=_no_message)
+        seqs = [(await behind.__anext__()).seq]  # its first look (4..10) is under way; it has not joined yet
+        await asyncio.to_thread(_write, message_id, 11, 12)
+        await asyncio.sleep(0.1)  # the reader ahead got 11 and 12: the hub now reads from 12
+
+        async def finish() -> None:
+            await asyncio.sleep(0.1)
+            await asyncio.to_thread(_write, message_id, 13, 14, done=True)
+
+        writer = asyncio.create_task(finish())
+        async for item in behind:
+            if item is not None:
+                seqs.append(item.seq)
+        await writer
+        return seqs, await asyncio.wait_for(ahead, 10)
+
+    behind_seqs, ahead_seqs = asyncio.run(run())
+
+    assert behind_seqs == list(range(4, 16))
+    assert ahead_seqs == list(range(11, 16))

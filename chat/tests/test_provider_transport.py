@@ -115,3 +115,82 @@ def test_configured_http_proxy_keeps_the_default_transport(monkeypatch) -> None:
     client = _http_client(timeout=httpx2.Timeout(5))
 
     assert not isinstance(client._transport, StreamingTransport)  # httpx applies proxies only to its own
+
+
+class _RawServer:
+    """A loopback server answering every request with canned bytes, and keeping what each request sent."""
+
+    def __init__(self, *parts: bytes, close: bool = False) -> None:
+        self.parts, self.close, self.requests = parts, close, []
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        self.requests.append(head + await reader.readexactly(length))
+        for part in self.parts:  # each in a packet of its own
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        if self.close:
+            writer.close()
+        else:
+            await reader.read()  # until the client hangs up
+
+
+def _client() -> httpx2.AsyncClient:
+    return httpx2.AsyncClient(transport=StreamingTransport(), timeout=5)
+
+
+def test_interim_1xx_responses_are_skipped_for_the_response_that_follows() -> None:
+    async def run() -> tuple[int, bytes]:
+        async with _RawServer(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n",
+                              b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello") as url, _client() as client:
+            response = await client.get(url + "/")
+            return response.status_code, response.content
+
+    assert asyncio.run(run()) == (200, b"hello")
+
+
+def test_body_delimited_by_the_end_of_the_connection_is_read_whole() -> None:
+    async def run() -> tuple[int, bytes]:
+        async with _RawServer(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\ndata: one\n\ndata: two\n\n",
+                              close=True) as url, _client() as client:
+            response = await client.get(url + "/")
+            return response.status_code, response.content
+
+    assert asyncio.run(run()) == (200, b"data: one\n\ndata: two\n\n")
+
+
+def test_head_response_has_no_body_whatever_its_length_says() -> None:
+    async def run() -> tuple[int, bytes]:
+        async with _RawServer(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n") as url, _client() as client:
+            response = await asyncio.wait_for(client.head(url + "/"), 2)
+            return response.status_code, response.content
+
+    assert asyncio.run(run()) == (200, b"")
+
+
+def test_request_body_of_unknown_length_goes_out_with_its_length() -> None:
+    async def body():
+        yield b'{"a": '
+        yield b"1}"
+
+    async def run() -> bytes:
+        server = _RawServer(b"HTTP/1.1 204 No Content\r\n\r\n")
+        async with server as url, _client() as client:
+            response = await client.post(url + "/", content=body())
+            assert response.status_code == 204
+        return server.requests[0]
+
+    sent = asyncio.run(run())
+    assert b"content-length: 8\r\n" in sent.lower() and b"transfer-encoding" not in sent.lower()
+    assert sent.endswith(b'\r\n\r\n{"a": 1}')
