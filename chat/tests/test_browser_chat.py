@@ -81,6 +81,29 @@ def test_citation_chip_opens_its_passage_by_keyboard(live, llm, page, screenshot
     assert page.console_errors == [], page.console_errors
 
 
+def test_chosen_documents_are_the_only_ones_searched(live, llm, page) -> None:
+    user = chat_user()
+    document_with_chunks(owner=user, title="Gnuplot manual", texts=["Gnuplot draws plots of functions."], pages=[4])
+    boiler = document_with_chunks(owner=user, title="Boiler guide", texts=["Service the boiler every year."],
+                                  pages=[2])
+    llm.configure(text="Once a year [1].", token_ms=10)
+    sign_in(page, user, live).goto("/chat/")
+
+    page.locator(".doc-picker summary").click()
+    page.get_by_label("Boiler guide").check()
+    assert page.locator("#doc-summary").inner_text() == "1 selected"
+    page.get_by_label("Your question").fill("What does gnuplot draw, and when is the boiler serviced?")
+    page.get_by_role("button", name="Ask").click()
+
+    page.get_by_role("button", name="Boiler guide, p. 2").wait_for(timeout=10_000)
+    assert page.get_by_role("button", name="Gnuplot manual, p. 4").count() == 0
+    answer = Message.objects.get(role="assistant", conversation__owner=user)
+    assert answer.document_ids == [boiler.id]
+    assert [citation["document_id"] for citation in answer.citations] == [boiler.id]
+    assert "Gnuplot draws plots" not in str(llm.chat_requests[-1].body["messages"])
+    assert page.console_errors == [], page.console_errors
+
+
 def test_ask_with_enter_and_stop_by_keyboard_only_keeps_the_partial_text(live, llm, page) -> None:
     user = chat_user()
     document_with_chunks(owner=user, title="Gnuplot manual", texts=["Gnuplot draws plots of functions."], pages=[4])
