@@ -15,10 +15,11 @@ import math
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -184,6 +185,9 @@ def _current(user: User) -> tuple[Subscription, EffectiveLimits]:
 # lapse. A period boundary is never crossed with a stale copy.
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
 class _Cached:
     expires: float  # time.monotonic()
@@ -201,37 +205,35 @@ def _cache_seconds() -> float:
     return float(settings.BILLING_LIMITS_CACHE_SECONDS)
 
 
-def _admission(user: User) -> tuple[Subscription, EffectiveLimits]:
+def _cached(store: dict, key: object, load: Callable[[], T], *, usable: Callable[[T], bool] | None = None) -> T:
+    """`load()` through this process' copy in `store`, kept `BILLING_LIMITS_CACHE_SECONDS` (`usable` can refuse
+    a copy before then). A copy read before a clear is not stored after it."""
     ttl = _cache_seconds()
     if ttl <= 0:
-        return _current(user)
-    cached = _admissions.get(user.pk)
-    if cached is not None and cached.expires > time.monotonic():
-        subscription, limits = cached.value
-        if subscription.current_period_end > timezone.now():
-            return subscription, limits
+        return load()
+    cached = store.get(key)
+    if cached is not None and cached.expires > time.monotonic() and (usable is None or usable(cached.value)):
+        return cached.value
     generation = _cache_generation
-    subscription, limits = _current(user)
+    value = load()
     with _cache_lock:
         if generation == _cache_generation:
-            _admissions[user.pk] = _Cached(time.monotonic() + ttl, (subscription, limits))
-    return subscription, limits
+            store[key] = _Cached(time.monotonic() + ttl, value)
+    return value
+
+
+def _admission(user: User) -> tuple[Subscription, EffectiveLimits]:
+    # A copy never crosses the end of its period.
+    return _cached(_admissions, user.pk, lambda: _current(user),
+                   usable=lambda admission: admission[0].current_period_end > timezone.now())
 
 
 def _price_at(*, model: str, at: datetime) -> ModelPrice | None:
     """`price_at` through the per-process copy of the model's price rows (exact for rows dated ahead)."""
-    ttl = _cache_seconds()
-    if ttl <= 0:
+    if _cache_seconds() <= 0:
         return price_at(model=model, at=at)
-    cached = _price_rows.get(model)
-    if cached is None or cached.expires <= time.monotonic():
-        generation = _cache_generation
-        rows = list(ModelPrice.objects.filter(model=model).order_by("-effective_from"))
-        cached = _Cached(time.monotonic() + ttl, rows)
-        with _cache_lock:
-            if generation == _cache_generation:
-                _price_rows[model] = cached
-    return next((row for row in cached.value if row.effective_from <= at), None)
+    rows = _cached(_price_rows, model, lambda: list(ModelPrice.objects.filter(model=model).order_by("-effective_from")))
+    return next((row for row in rows if row.effective_from <= at), None)
 
 
 def limits_cache_clear(*, user_id: int | None = None) -> None:

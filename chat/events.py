@@ -19,7 +19,7 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import redis
 import redis.asyncio as aioredis
@@ -121,28 +121,40 @@ def redis_client() -> redis.Redis:
         return _sync_client
 
 
+L = TypeVar("L")
+
+
+def _per_loop(registry: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, L], make: Callable[[], L]) -> L:
+    """The running loop's own instance from `registry`, made on first use: asyncio objects (connections,
+    futures, tasks) belong to the loop that created them."""
+    loop = asyncio.get_running_loop()
+    value = registry.get(loop)
+    if value is None:
+        value = registry[loop] = make()
+    return value
+
+
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
 
 
 def async_redis() -> aioredis.Redis:
     """A client bound to the running event loop (each blocking XREAD holds one of its connections)."""
-    loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
-    if client is None:
-        client = aioredis.Redis.from_url(
-            settings.REDIS_URL,
-            socket_connect_timeout=2,
-            # Longer than any blocking XREAD (`heartbeat` seconds), which would otherwise fail as a read timeout.
-            socket_timeout=settings.CHAT_SSE_HEARTBEAT_SECONDS + 10,
-            socket_keepalive=True,
-            health_check_interval=30,
-            max_connections=10_000,
-            # No CLIENT SETINFO: a burst of answers opens a connection each, and redis-py would otherwise read
-            # its own package metadata (~1 ms) and spend a round trip on every one of them.
-            driver_info=None,
-        )
-        _async_clients[loop] = client
-    return client
+    return _per_loop(_async_clients, _new_async_client)
+
+
+def _new_async_client() -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_connect_timeout=2,
+        # Longer than any blocking XREAD (`heartbeat` seconds), which would otherwise fail as a read timeout.
+        socket_timeout=settings.CHAT_SSE_HEARTBEAT_SECONDS + 10,
+        socket_keepalive=True,
+        health_check_interval=30,
+        max_connections=10_000,
+        # No CLIENT SETINFO: a burst of answers opens a connection each, and redis-py would otherwise read
+        # its own package metadata (~1 ms) and spend a round trip on every one of them.
+        driver_info=None,
+    )
 
 
 def _generation_ttl() -> int:
@@ -224,11 +236,7 @@ _sinks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sink] = weakref.We
 
 
 def _sink() -> _Sink:
-    loop = asyncio.get_running_loop()
-    sink = _sinks.get(loop)
-    if sink is None:
-        sink = _sinks[loop] = _Sink()
-    return sink
+    return _per_loop(_sinks, _Sink)
 
 
 class _Follower:
@@ -384,11 +392,7 @@ _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub] = weakref.Weak
 
 
 def _hub() -> _Hub:
-    loop = asyncio.get_running_loop()
-    hub = _hubs.get(loop)
-    if hub is None:
-        hub = _hubs[loop] = _Hub()
-    return hub
+    return _per_loop(_hubs, _Hub)
 
 
 async def follow(

@@ -138,7 +138,8 @@ def get_runtime() -> Runtime:
 
 
 class TaskPool(ThreadTaskPool):
-    """Celery's threads pool for the llm worker (`-P chat.runtime:TaskPool`), with all its threads started up front.
+    """Celery's threads pool for the llm worker, with all its threads started up front (`-P custom` with
+    CELERY_CUSTOM_WORKER_POOL=chat.runtime:TaskPool, as runstack and docker-compose start it).
 
     ThreadPoolExecutor starts a thread the first time every thread is busy, and Thread.start() waits until the
     new thread runs. In a burst of questions the worker's consumer paid that wait, under a GIL contended by the
