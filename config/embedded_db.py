@@ -9,13 +9,36 @@ running when the process exits (`cleanup_mode=None`): stopping it would pull it 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
 DATABASE_NAME = "docent"
 
-# The defaults (100 connections, 128 MB buffers) are too small for a threaded LLM worker plus the web server.
-_SERVER_SETTINGS = {"max_connections": "400", "shared_buffers": "256MB", "maintenance_work_mem": "512MB"}
+_MB = 2**20
+
+
+def _memory_mb() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // _MB
+    except (ValueError, OSError, AttributeError):
+        return 4096
+
+
+def server_settings() -> dict[str, str]:
+    """What the embedded server runs with. PostgreSQL's defaults (100 connections, 128 MB of buffers) are too
+    small for a threaded LLM worker plus the web server, and for search: an HNSW walk reads thousands of index
+    pages, each a buffer lookup, and one that misses shared_buffers costs a read from the OS cache on top.
+    Buffers are a quarter of the memory up to 4 GB (the usual sizing; shared memory is only touched as pages are
+    used), overridable with EMBEDDED_DB_SHARED_BUFFERS_MB."""
+    memory = _memory_mb()
+    buffers = int(os.environ.get("EMBEDDED_DB_SHARED_BUFFERS_MB") or max(256, min(4096, memory // 4)))
+    return {
+        "max_connections": "400",
+        "shared_buffers": f"{buffers}MB",
+        "effective_cache_size": f"{max(buffers, memory // 2)}MB",
+        "maintenance_work_mem": "512MB",
+    }
 
 
 def embedded_database_url(data_dir: Path) -> str:
@@ -32,11 +55,13 @@ def embedded_database_url(data_dir: Path) -> str:
 
 
 def _apply_server_settings(server) -> bool:
-    """Returns True when a setting changed and needs a restart (once, after initdb)."""
-    current = server.psql("SHOW max_connections;")
-    if _SERVER_SETTINGS["max_connections"] in current:
+    """Returns True when a setting changed and needs a restart (after initdb, and after a change of sizing)."""
+    wanted = server_settings()
+    listed = server.psql("SELECT name || '=' || setting FROM pg_file_settings WHERE sourcefile LIKE '%auto.conf';")
+    current = dict(line.strip().split("=", 1) for line in listed.splitlines() if "=" in line)
+    if all(current.get(name) == value for name, value in wanted.items()):
         return False
-    statements = "".join(f"ALTER SYSTEM SET {name} = '{value}';" for name, value in _SERVER_SETTINGS.items())
+    statements = "".join(f"ALTER SYSTEM SET {name} = '{value}';" for name, value in wanted.items())
     server.psql(statements)
     return True
 

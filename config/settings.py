@@ -316,10 +316,15 @@ SEARCH_CANDIDATES = env_int("SEARCH_CANDIDATES", 50)
 # each list's top hits count more; on SQuAD (see `manage.py bench documents.retrieval`) k=10 gives answer
 # recall@5 0.957 against 0.944 for k=60, and it wins on each half of the articles alike.
 SEARCH_RRF_K = env_int("SEARCH_RRF_K", 10)
+# HNSW ef_search for a filtered walk: SEARCH_EF_SEARCH while the searched chunks are at least SEARCH_EF_SHARE of
+# the table, growing in proportion as they are fewer, up to SEARCH_EF_SEARCH_MAX (see documents.search).
 SEARCH_EF_SEARCH = env_int("SEARCH_EF_SEARCH", 200)
+SEARCH_EF_SEARCH_MAX = env_int("SEARCH_EF_SEARCH_MAX", 1_000)
+SEARCH_EF_SHARE = float(env("SEARCH_EF_SHARE", "0.15"))
+SEARCH_SCAN_MEM_MULTIPLIER = env_int("SEARCH_SCAN_MEM_MULTIPLIER", 8)
 # How many nearest chunks a filtered HNSW walk returns (at least k); see documents.search.vector_candidate_count.
 SEARCH_ANN_CANDIDATES = env_int("SEARCH_ANN_CANDIDATES", 10)
-SEARCH_MAX_SCAN_TUPLES = env_int("SEARCH_MAX_SCAN_TUPLES", 20_000)
+SEARCH_MAX_SCAN_TUPLES = env_int("SEARCH_MAX_SCAN_TUPLES", 50_000)
 # Owners with at most this many searchable chunks are scanned exactly through the owner btree (a few ms);
 # bigger ones go through HNSW with an iterative scan.
 SEARCH_EXACT_MAX_CHUNKS = env_int("SEARCH_EXACT_MAX_CHUNKS", 5_000)

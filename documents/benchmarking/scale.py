@@ -53,7 +53,10 @@ DATASET_VERSION = 3
 SMALL_MIN = 50
 SMALL_MAX = 2_000
 QUERIES = 100
-WARMUP = 40  # the index and heap pages a steady-state server keeps cached
+# Searches run first, on queries of their own, to bring in the index and heap pages a server in steady state
+# keeps in shared_buffers. Every run draws new queries (BENCH_SCALE_QUERY_SEED repeats one), so that a run never
+# reads pages an earlier run's identical queries left cached.
+WARMUP = 200
 COPY_COMMIT_ROWS = 50_000
 
 
@@ -318,10 +321,11 @@ def _load(conn: psycopg.Connection, config: ScaleConfig, texts: list[str], base:
         cursor.execute("COMMIT")
 
 
-def _queries(config: ScaleConfig, base: np.ndarray, owner_docs: list[Doc], count: int) -> tuple[np.ndarray, list[int]]:
+def _queries(config: ScaleConfig, base: np.ndarray, owner_docs: list[Doc], count: int,
+             query_seed: int) -> tuple[np.ndarray, list[int]]:
     """Questions about the owner's own content: perturbations of base chunks that their documents hold
     (and which base chunk each one is about)."""
-    rng = np.random.default_rng(config.seed + 2 + owner_docs[0].owner_id)
+    rng = np.random.default_rng([config.seed, query_seed, owner_docs[0].owner_id])
     picks = []
     for _ in range(count):
         doc = owner_docs[int(rng.integers(len(owner_docs)))]
@@ -369,6 +373,29 @@ def _plain_hnsw_ids(owner_id: int, document_ids: list[int], vector: np.ndarray, 
         return [row[0] for row in cursor.fetchall()]
 
 
+_WARM_RELATIONS = ("documents_chunk", "chunk_embedding_hnsw", "chunk_owner_lexemes_gin", "chunk_owner_document",
+                   "documents_lexemecount", "lexeme_owner_lexeme_cover", "documents_document")
+
+
+def _warm(conn: psycopg.Connection) -> float:
+    """Bring the data set to a server's steady state: its files in the OS cache (as on a server that has been up
+    a while; a benchmark right after a reboot would time the disk), and the chunk heap in shared_buffers through a
+    bitmap scan (a sequential scan of a table this size goes through a small ring and would leave them empty).
+    The HNSW and GIN pages come in with the warm-up searches, as on a server answering queries. Returns seconds."""
+    started = time.perf_counter()
+    data_directory = Path(conn.execute("SHOW data_directory").fetchone()[0])
+    for relation in _WARM_RELATIONS:
+        path = data_directory / conn.execute("SELECT pg_relation_filepath(%s)", [relation]).fetchone()[0]
+        for segment in [path, *sorted(path.parent.glob(f"{path.name}.[0-9]*"))]:
+            with segment.open("rb") as file:
+                while file.read(16 * 2**20):
+                    pass
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_seqscan = off")
+        conn.execute("SELECT sum(token_count) FROM documents_chunk WHERE owner_id >= 0")
+    return time.perf_counter() - started
+
+
 def _timed(fn: Callable[..., T], **kwargs) -> tuple[T, float]:
     """fn(**kwargs) and how long it took, in ms."""
     started = time.perf_counter()
@@ -386,7 +413,7 @@ def _question(text: str) -> str:
 
 
 def measure(config: ScaleConfig, texts: list[str], base: np.ndarray, docs: list[Doc],
-            sizes: dict[int, int]) -> list[Row]:
+            sizes: dict[int, int], query_seed: int) -> list[Row]:
     """Per owner class, on Django's default connection (pointed at the data set by `_as_default_database`)."""
     by_owner: dict[int, list[Doc]] = {}
     for doc in docs:
@@ -395,12 +422,12 @@ def measure(config: ScaleConfig, texts: list[str], base: np.ndarray, docs: list[
     classes = {"big": 1, "mid": 2, "small": small[len(small) // 2]}
     rows = []
     for label, owner_id in classes.items():
-        rows += _measure_owner(config, texts, base, label, by_owner[owner_id], sizes[owner_id])
+        rows += _measure_owner(config, texts, base, label, by_owner[owner_id], sizes[owner_id], query_seed)
     return rows
 
 
 def _measure_owner(config: ScaleConfig, texts: list[str], base: np.ndarray, label: str, owner_docs: list[Doc],
-                   size: int) -> list[Row]:
+                   size: int, query_seed: int) -> list[Row]:
     """Latencies first, each pass on queries of its own (a query repeated would find its pages cached), with
     nothing else running between them as in production; then recall and the baselines, whose exact scans of a
     big owner would evict the cache the searches live on."""
@@ -412,7 +439,7 @@ def _measure_owner(config: ScaleConfig, texts: list[str], base: np.ndarray, labe
     document_ids = [doc.id for doc in owner_docs]
     exact = size <= settings.SEARCH_EXACT_MAX_CHUNKS
     k = settings.SEARCH_DEFAULT_K
-    vectors, picks = _queries(config, base, owner_docs, WARMUP + 3 * QUERIES)
+    vectors, picks = _queries(config, base, owner_docs, WARMUP + 3 * QUERIES, query_seed)
     questions = [_question(texts[pick]) for pick in picks]
     owner = {"owner_id": owner_id, "document_ids": document_ids}
     warmup, searches, end_to_end, vector_half = (
@@ -471,6 +498,7 @@ def scale_benchmark(datasets: Path) -> list[Row]:
     config = ScaleConfig(chunks=chunks)
     texts, base = base_corpus(datasets)
     docs = layout(config, len(base))
+    query_seed = int(os.environ.get("BENCH_SCALE_QUERY_SEED") or np.random.SeedSequence().entropy % 2**32)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -481,11 +509,16 @@ def scale_benchmark(datasets: Path) -> list[Row]:
         stored = conn.execute("SELECT count(*), count(DISTINCT owner_id) FROM documents_chunk").fetchone()
         sizes = dict(conn.execute("SELECT owner_id, count(*) FROM documents_chunk GROUP BY owner_id").fetchall())
         size = conn.execute("SELECT pg_relation_size('chunk_embedding_hnsw')").fetchone()[0]
+        buffers = conn.execute("SELECT current_setting('shared_buffers')").fetchone()[0]
+        warm_seconds = _warm(conn)
     with _as_default_database(DATABASE):
-        rows = measure(config, texts, base, docs, sizes)
+        rows = measure(config, texts, base, docs, sizes, query_seed)
     rows.append(Row(NAME, "data set chunks", stored[0], "chunks", target=f">= {chunks}",
                     note=f"counted in the table; {stored[1]} owners: {_distribution(sizes)}; "
-                         f"{len(base):,} base MiniLM vectors; HNSW index {size / 2**30:.2f} GB"))
+                         f"{len(base):,} base MiniLM vectors; HNSW index {size / 2**30:.2f} GB; "
+                         f"shared_buffers {buffers}; queries drawn with BENCH_SCALE_QUERY_SEED={query_seed}, "
+                         f"after {warm_seconds:.0f} s reading the data set into the caches (see _warm) and "
+                         f"{WARMUP} warm-up searches per owner class"))
     rows.append(Row(NAME, "data set build", sum(timings.values()), "s",
                     note="reused from an earlier run" if not timings else
                          ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())))
