@@ -305,6 +305,9 @@ SEARCH_DEFAULT_K = 8
 SEARCH_MAX_K = 50
 # Chunks written per COPY transaction; each batch is also a progress step.
 INGEST_STORE_BATCH = env_int("INGEST_STORE_BATCH", 64)
+# Database sessions storing each batch at once (HNSW inserts take a core per session); see documents.services.ingest.
+# Tests default to one: most of them ingest inside a test transaction that another session cannot see.
+INGEST_STORE_CONNECTIONS = env_int("INGEST_STORE_CONNECTIONS", 1 if TESTING else 2)
 INGEST_RETRY_BACKOFF_SECONDS = env_int("INGEST_RETRY_BACKOFF_SECONDS", 30)
 INGEST_SWEEP_EVERY_SECONDS = env_int("INGEST_SWEEP_EVERY_SECONDS", 60)
 # Progress is saved and pushed when it moved this many points, or this long after the last push.

@@ -20,6 +20,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -291,35 +292,36 @@ def _run(document: Document) -> IngestReport:
     stored = tokens = embedding_tokens = 0
     pages = 0
     progress = 0
-    for batch in _batched(drafts, settings.INGEST_STORE_BATCH):
-        with clock.stage("embed"):
-            embedded = embedder.embed_documents([embedding_text(document.title, draft) for draft in batch])
-        embedding_tokens += embedded.prompt_tokens
-        rows = [
-            StoredChunk(
-                ordinal=draft.ordinal,
-                text=draft.text,
-                page=draft.page,
-                heading_path=draft.heading_path,
-                token_count=draft.token_count,
-                embedding=vector,
-            )
-            for draft, vector in zip(batch, embedded.vectors, strict=True)
-        ]
-        stored += len(rows)
-        tokens += sum(draft.token_count for draft in batch)
-        pages = max([pages, *(draft.page or 0 for draft in batch)])
-        progress = max(progress, estimate(batch))
-        with clock.stage("store"):
-            _store_batch(document, rows, progress=progress, pages=pages or None, chunks=stored, tokens=tokens)
-        if throttle.due(progress):
-            document.progress, document.pages, document.chunk_count, document.token_count = (
-                progress,
-                pages or None,
-                stored,
-                tokens,
-            )
-            document_push(document)
+    with _ChunkWriter(document) as writer:
+        for batch in _batched(drafts, settings.INGEST_STORE_BATCH):
+            with clock.stage("embed"):
+                embedded = embedder.embed_documents([embedding_text(document.title, draft) for draft in batch])
+            embedding_tokens += embedded.prompt_tokens
+            rows = [
+                StoredChunk(
+                    ordinal=draft.ordinal,
+                    text=draft.text,
+                    page=draft.page,
+                    heading_path=draft.heading_path,
+                    token_count=draft.token_count,
+                    embedding=vector,
+                )
+                for draft, vector in zip(batch, embedded.vectors, strict=True)
+            ]
+            stored += len(rows)
+            tokens += sum(draft.token_count for draft in batch)
+            pages = max([pages, *(draft.page or 0 for draft in batch)])
+            progress = max(progress, estimate(batch))
+            with clock.stage("store"):
+                writer.store(rows, progress=progress, pages=pages or None, chunks=stored, tokens=tokens)
+            if throttle.due(progress):
+                document.progress, document.pages, document.chunk_count, document.token_count = (
+                    progress,
+                    pages or None,
+                    stored,
+                    tokens,
+                )
+                document_push(document)
     if stored == 0:
         raise IngestionError("No text could be found in this document, so there is nothing to search.")
 
@@ -360,18 +362,67 @@ def _run(document: Document) -> IngestReport:
     )
 
 
+class _ChunkWriter:
+    """Stores each batch's chunks over `INGEST_STORE_CONNECTIONS` database sessions at once.
+
+    Inserting into the HNSW index is the store stage's cost (~0.8 ms a chunk, against ~0.15 ms for the COPY, the
+    tsvector and the GIN index together) and it runs in the server process of the session that inserts, one
+    core each: two sessions store a batch ~1.6x as fast on two cores (`manage.py bench documents.ingestion`).
+    Each part is its own transaction; the first also moves the document's progress. A run restarts from no
+    chunks at all (`chunks_delete`), so parts committed before a failure are never left behind as a set.
+    """
+
+    def __init__(self, document: Document) -> None:
+        self.document = document
+        self.helpers = max(0, settings.INGEST_STORE_CONNECTIONS - 1)
+        self.pool = ThreadPoolExecutor(self.helpers, thread_name_prefix="chunk-copy") if self.helpers else None
+
+    def __enter__(self) -> _ChunkWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+    def store(self, rows: list[StoredChunk], *, progress: int, pages: int | None, chunks: int, tokens: int) -> None:
+        size = -(-len(rows) // (1 + self.helpers))
+        first, rest = rows[:size], [rows[i:i + size] for i in range(size, len(rows), size)]
+        pending = [self.pool.submit(self._store_part, part) for part in rest] if self.pool is not None else []
+        try:
+            _store_batch(self.document, first, progress=progress, pages=pages, chunks=chunks, tokens=tokens)
+        finally:
+            wait(pending)
+        for future in pending:
+            future.result()
+
+    def _store_part(self, rows: list[StoredChunk]) -> None:
+        try:
+            _guard_vanished(self.document, lambda: chunks_copy(
+                document_id=self.document.id, owner_id=self.document.owner_id, chunks=rows))
+        finally:
+            connection.close()  # this thread's session: back to the pool (or closed) between batches
+
+
 def _store_batch(
     document: Document, rows: list[StoredChunk], *, progress: int, pages: int | None, chunks: int, tokens: int
 ) -> None:
+    def write() -> None:
+        chunks_copy(document_id=document.id, owner_id=document.owner_id, chunks=rows)
+        # Also the run's heartbeat: the stuck sweep looks at updated_at.
+        updated = Document.objects.filter(id=document.id).update(
+            progress=progress, pages=pages, chunk_count=chunks, token_count=tokens, updated_at=timezone.now()
+        )
+        if not updated:
+            raise DocumentVanished
+
+    _guard_vanished(document, write)
+
+
+def _guard_vanished(document: Document, write: Callable[[], object]) -> None:
+    """Run `write` in a transaction; a document deleted meanwhile raises DocumentVanished."""
     try:
         with transaction.atomic():
-            chunks_copy(document_id=document.id, owner_id=document.owner_id, chunks=rows)
-            # Also the run's heartbeat: the stuck sweep looks at updated_at.
-            updated = Document.objects.filter(id=document.id).update(
-                progress=progress, pages=pages, chunk_count=chunks, token_count=tokens, updated_at=timezone.now()
-            )
-            if not updated:
-                raise DocumentVanished
+            write()
     except IntegrityError as exc:
         # The foreign keys are checked at commit: a document deleted meanwhile shows up here.
         if not Document.objects.filter(id=document.id).exists():

@@ -19,6 +19,14 @@ from documents.tests import hostile_files
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
+@pytest.fixture(autouse=True)
+def _production_store(settings):
+    """As in production: each batch stored over two database sessions, in small batches so that a document
+    takes several (the rows here are committed, so the second session sees the document)."""
+    settings.INGEST_STORE_CONNECTIONS = 2
+    settings.INGEST_STORE_BATCH = 4
+
+
 def wait_for(document_id: int, *, statuses=("ready", "failed"), timeout: float = 90) -> Document:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
