@@ -373,8 +373,7 @@ def _plain_hnsw_ids(owner_id: int, document_ids: list[int], vector: np.ndarray, 
         return [row[0] for row in cursor.fetchall()]
 
 
-_WARM_RELATIONS = ("documents_chunk", "chunk_embedding_hnsw", "chunk_owner_lexemes_gin", "chunk_owner_document",
-                   "documents_lexemecount", "lexeme_owner_lexeme_cover", "documents_document")
+_WARM_TABLES = ["documents_chunk", "documents_lexemecount", "documents_document"]
 
 
 def _warm(conn: psycopg.Connection) -> float:
@@ -384,8 +383,13 @@ def _warm(conn: psycopg.Connection) -> float:
     The HNSW and GIN pages come in with the warm-up searches, as on a server answering queries. Returns seconds."""
     started = time.perf_counter()
     data_directory = Path(conn.execute("SHOW data_directory").fetchone()[0])
-    for relation in _WARM_RELATIONS:
-        path = data_directory / conn.execute("SELECT pg_relation_filepath(%s)", [relation]).fetchone()[0]
+    files = conn.execute(
+        "SELECT pg_relation_filepath(c.oid) FROM pg_class c LEFT JOIN pg_index i ON i.indexrelid = c.oid "
+        "WHERE coalesce(i.indrelid, c.oid) = ANY(%s::regclass[])",  # the tables and every index on them
+        [_WARM_TABLES],
+    ).fetchall()
+    for (file_path,) in files:
+        path = data_directory / file_path
         for segment in [path, *sorted(path.parent.glob(f"{path.name}.[0-9]*"))]:
             with segment.open("rb") as file:
                 while file.read(16 * 2**20):
