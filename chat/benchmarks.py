@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,7 +297,7 @@ class AskResult:
 _TOKEN_PREFIX = '{"type": "token", "seq": '  # how chat.events writes a token event
 
 
-async def _ask(ws, question: str) -> AskResult:
+async def _ask(ws, question: str, on_first_token: Callable[[], None] | None = None) -> AskResult:
     result = AskResult()
     result.sent_at = time.perf_counter()
     await ws.send(json.dumps({"type": "ask", "message": question}))
@@ -306,24 +306,27 @@ async def _ask(ws, question: str) -> AskResult:
         if raw.startswith(_TOKEN_PREFIX):  # most messages: read the seq without parsing the event (client CPU)
             end = raw.find(",", len(_TOKEN_PREFIX))
             result.seqs.append(int(raw[len(_TOKEN_PREFIX):end]))
-            result.first_token_at = result.first_token_at or now
-            result.token_times.append(now)
-            continue
-        event = json.loads(raw)
-        if "seq" in event:
-            result.seqs.append(event["seq"])
-        if event["type"] == "start":
-            result.message_id = event["message_id"]
-        elif event["type"] == "token":
-            result.first_token_at = result.first_token_at or now
-            result.token_times.append(now)
-        elif event["type"] == "error":
-            result.error = f"{event.get('code')}: {event.get('message')}"
-            if "message_id" not in event:
-                return result
-        elif event["type"] == "done":
-            result.done_at, result.finish_reason = now, event["finish_reason"]
-            return result
+        else:
+            event = json.loads(raw)
+            if "seq" in event:
+                result.seqs.append(event["seq"])
+            if event["type"] == "start":
+                result.message_id = event["message_id"]
+                continue
+            if event["type"] != "token":
+                if event["type"] == "error":
+                    result.error = f"{event.get('code')}: {event.get('message')}"
+                    if "message_id" not in event:
+                        return result
+                elif event["type"] == "done":
+                    result.done_at, result.finish_reason = now, event["finish_reason"]
+                    return result
+                continue
+        if result.first_token_at is None:
+            result.first_token_at = now
+            if on_first_token is not None:
+                on_first_token()
+        result.token_times.append(now)
     result.error = result.error or "socket closed"
     return result
 
@@ -455,9 +458,50 @@ class LoadResult:
     page_ms: list[float]
     wall: float
     cpu: dict[str, float] = field(default_factory=dict)  # seconds of CPU per process during the load
+    start_burst: StartBurst | None = None
 
     def cpu_note(self) -> str:
-        return ", ".join(f"{name} {seconds:.1f}" for name, seconds in sorted(self.cpu.items()))
+        return _cpu_note(self.cpu)
+
+
+def _cpu_note(cpu: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.1f}" for name, seconds in sorted(cpu.items()))
+
+
+@dataclass
+class StartBurst:
+    """From the first question sent until the last chat's first token: how long, and how busy the machine was.
+
+    Near 100% busy, the start is bound by CPU (every question's edge, queue, retrieval and model call, beside
+    the tokens of the answers already streaming), not by waiting anywhere: the last first token then comes
+    about as late as the machine's cores need to do that work."""
+
+    seconds: float
+    machine_busy: float  # share of all cores' time, every process on the machine counted
+    cpu: dict[str, float]  # CPU seconds per benchmark process, "other" for the rest (Postgres, Redis, ...)
+
+
+class _MachineCpu:
+    def __init__(self, stack: Stack) -> None:
+        import psutil
+
+        self.stack, self.psutil = stack, psutil
+        self.at, self.machine, self.processes = self._read()
+
+    def _read(self) -> tuple[float, Any, dict[str, float]]:
+        return (time.perf_counter(), self.psutil.cpu_times(),
+                self.stack.cpu_seconds() | {"client": _own_cpu_seconds()})
+
+    def since(self) -> StartBurst:
+        at, machine, processes = self._read()
+        fields = machine._fields
+        # Steal (time the hypervisor gave to other guests) counts as busy: those cycles were not this machine's.
+        busy_fields = [f for f in fields if f not in ("idle", "iowait", "guest", "guest_nice")]
+        total = sum(getattr(machine, f) - getattr(self.machine, f) for f in fields if f not in ("guest", "guest_nice"))
+        busy = sum(getattr(machine, f) - getattr(self.machine, f) for f in busy_fields)
+        cpu = {name: seconds - self.processes.get(name, 0.0) for name, seconds in processes.items()}
+        cpu["other"] = max(0.0, busy - sum(cpu.values()))
+        return StartBurst(seconds=at - self.at, machine_busy=busy / total if total else float("nan"), cpu=cpu)
 
 
 def _concurrent_ws_load(stack: Stack, account: Account, conversations: list[int], question: str) -> LoadResult:
@@ -473,8 +517,18 @@ def _concurrent_ws_load(stack: Stack, account: Account, conversations: list[int]
         stop = asyncio.Event()
         poller = asyncio.create_task(_page_poller(stack.base_url + PAGE_PATH, {"sessionid": account.session}, stop))
         await asyncio.sleep(0.5)
+        burst_cpu = _MachineCpu(stack)
+        burst: list[StartBurst] = []
+        waiting_for_first_token = len(sockets)
+
+        def first_token() -> None:
+            nonlocal waiting_for_first_token
+            waiting_for_first_token -= 1
+            if waiting_for_first_token == 0:
+                burst.append(burst_cpu.since())
+
         started = time.perf_counter()
-        results = await asyncio.gather(*(_ask(ws, question) for ws in sockets))
+        results = await asyncio.gather(*(_ask(ws, question, first_token) for ws in sockets))
         wall = time.perf_counter() - started
         stop.set()
         page_ms = await poller
@@ -488,7 +542,7 @@ def _concurrent_ws_load(stack: Stack, account: Account, conversations: list[int]
         cpu = {name: seconds - cpu_before.get(name, 0.0) for name, seconds in cpu_after.items()}
         return LoadResult(durations=[(r.done_at or time.perf_counter()) - r.sent_at for r in results],
                           tokens=[len(r.token_times) for r in results], failures=failures, page_ms=page_ms, wall=wall,
-                          cpu=cpu)
+                          cpu=cpu, start_burst=burst[0] if burst else None)
 
     return _run(run())
 
@@ -568,6 +622,7 @@ def chat_concurrency() -> list[Row]:
         Row(name, "slowest chat / model alone", worst, "x", baseline=worst_sync, target="<= 1.2"),
         Row(name, "median chat / model alone", statistics.median(asynced.durations) / model_alone, "x",
             baseline=statistics.median(synced.durations) / model_alone),
+        *_start_burst_rows(name, asynced.start_burst),
         Row(name, "all chats wall time", asynced.wall, "s", baseline=synced.wall,
             note=f"CPU s: {asynced.cpu_note()}; baseline: {synced.cpu_note()}"),
         Row(name, f"GET {PAGE_PATH} p99 during load", _percentile(asynced.page_ms, 99), "ms",
@@ -575,6 +630,17 @@ def chat_concurrency() -> list[Row]:
             note=f"{len(asynced.page_ms)} page loads (baseline: {len(synced.page_ms)})"),
         Row(name, f"GET {PAGE_PATH} p50 during load", _percentile(asynced.page_ms, 50), "ms",
             baseline=_percentile(synced.page_ms, 50)),
+    ]
+
+
+def _start_burst_rows(name: str, burst: StartBurst | None) -> list[Row]:
+    if burst is None:  # some chat never got a token; the failures say why
+        return []
+    cores = os.cpu_count() or 1
+    return [
+        Row(name, "last first token after", burst.seconds, "s",
+            note=f"CPU s until then: {_cpu_note(burst.cpu)}; {cores} cores"),
+        Row(name, "machine CPU busy until then", burst.machine_busy * 100, "%"),
     ]
 
 
