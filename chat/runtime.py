@@ -15,6 +15,7 @@ provider stream then closes its HTTP response, which is what stops the model.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import functools
 import logging
@@ -61,6 +62,20 @@ class Runtime:
         self.loop.call_soon(started.set)
         self.loop.create_task(self._poll_cancellations())
         self.loop.run_forever()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the loop and wait for its thread. Left running into the interpreter's finalization, the daemon
+        thread crashed the process on exit (SIGSEGV) whenever one of uvloop's timers fired: its callback takes
+        the GIL of an interpreter that is gone."""
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self._stop)
+            self.thread.join(timeout)
+
+    def _stop(self) -> None:
+        # Cancelled first, so that no task is left pending for the garbage collector to complain about.
+        for task in asyncio.all_tasks(self.loop):
+            task.cancel()
+        self.loop.call_soon(self.loop.stop)
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -134,6 +149,8 @@ def get_runtime() -> Runtime:
     with _lock:
         if _runtime is None:
             _runtime = Runtime()
+            # Runs after Python has joined the non-daemon threads (Celery finishes its tasks before that).
+            atexit.register(_runtime.close)
         return _runtime
 
 
