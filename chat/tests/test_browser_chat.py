@@ -141,7 +141,7 @@ def test_dropped_socket_resumes_mid_answer_without_gaps_or_duplicates(live, llm,
     record_answer_states(page)
     page.context.set_offline(True)  # reconnecting fails until the network is back
     page.evaluate("window.__sockets.forEach((socket) => socket.close())")
-    page.get_by_text("Connection lost; reconnecting…").wait_for(timeout=2_000)
+    page.get_by_text("Connection lost; reconnecting…").wait_for(timeout=5_000)
     page.wait_for_timeout(100)  # the last frame renders what arrived before the drop
     at_drop = page.locator(ANSWERS).inner_text()
     page.wait_for_timeout(700)  # the model goes on meanwhile
