@@ -75,6 +75,15 @@ def _own_cpu_seconds() -> float:
     return times.user + times.system
 
 
+def _processes_cpu(stack: Stack) -> dict[str, float]:
+    """CPU seconds used so far by each benchmark process, this client included."""
+    return stack.cpu_seconds() | {"client": _own_cpu_seconds()}
+
+
+def _cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: seconds - before.get(name, 0.0) for name, seconds in after.items()}
+
+
 def _load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -316,17 +325,17 @@ async def _ask(ws, question: str, on_first_token: Callable[[], None] | None = No
             event = json.loads(raw)
             if "seq" in event:
                 result.seqs.append(event["seq"])
-            if event["type"] == "start":
+            kind = event["type"]
+            if kind == "start":
                 result.message_id = event["message_id"]
-                continue
-            if event["type"] != "token":
-                if event["type"] == "error":
-                    result.error = f"{event.get('code')}: {event.get('message')}"
-                    if "message_id" not in event:
-                        return result
-                elif event["type"] == "done":
-                    result.done_at, result.finish_reason = now, event["finish_reason"]
+            elif kind == "error":
+                result.error = f"{event.get('code')}: {event.get('message')}"
+                if "message_id" not in event:
                     return result
+            elif kind == "done":
+                result.done_at, result.finish_reason = now, event["finish_reason"]
+                return result
+            if kind != "token":
                 continue
         if result.first_token_at is None:
             result.first_token_at = now
@@ -495,8 +504,7 @@ class _MachineCpu:
         self.at, self.machine, self.processes = self._read()
 
     def _read(self) -> tuple[float, Any, dict[str, float]]:
-        return (time.perf_counter(), self.psutil.cpu_times(),
-                self.stack.cpu_seconds() | {"client": _own_cpu_seconds()})
+        return time.perf_counter(), self.psutil.cpu_times(), _processes_cpu(self.stack)
 
     def since(self) -> StartBurst:
         at, machine, processes = self._read()
@@ -505,7 +513,7 @@ class _MachineCpu:
         busy_fields = [f for f in fields if f not in ("idle", "iowait", "guest", "guest_nice")]
         total = sum(getattr(machine, f) - getattr(self.machine, f) for f in fields if f not in ("guest", "guest_nice"))
         busy = sum(getattr(machine, f) - getattr(self.machine, f) for f in busy_fields)
-        cpu = {name: seconds - self.processes.get(name, 0.0) for name, seconds in processes.items()}
+        cpu = _cpu_used(self.processes, processes)
         cpu["other"] = max(0.0, busy - sum(cpu.values()))
         return StartBurst(seconds=at - self.at, machine_busy=busy / total if total else float("nan"), cpu=cpu)
 
@@ -523,7 +531,7 @@ def _concurrent_ws_load(stack: Stack, account: Account, conversations: list[int]
                 return await _socket(stack, account, cid)
 
         sockets = await asyncio.gather(*(open_socket(cid) for cid in conversations))
-        cpu_before = stack.cpu_seconds() | {"client": _own_cpu_seconds()}
+        cpu_before = _processes_cpu(stack)
         stop = asyncio.Event()
         poller = asyncio.create_task(_page_poller(stack.base_url + PAGE_PATH, {"sessionid": account.session}, stop))
         await asyncio.sleep(0.5)
@@ -541,7 +549,8 @@ def _concurrent_ws_load(stack: Stack, account: Account, conversations: list[int]
         pace = arrivals_over / len(sockets)
 
         async def ask_in_turn(index: int, ws) -> AskResult:
-            await asyncio.sleep(started + index * pace - time.perf_counter())
+            if pace:  # asked at once: nothing in front of the ask, as before the paced run existed
+                await asyncio.sleep(started + index * pace - time.perf_counter())
             return await _ask(ws, question, first_token)
 
         results = await asyncio.gather(*(ask_in_turn(i, ws) for i, ws in enumerate(sockets)))
@@ -554,8 +563,7 @@ def _concurrent_ws_load(stack: Stack, account: Account, conversations: list[int]
             gapless = r.seqs == list(range(1, len(r.seqs) + 1))
             if r.error or r.finish_reason != "stop" or not gapless:
                 failures.append(r.error or f"finish {r.finish_reason}, gapless {gapless}")
-        cpu_after = stack.cpu_seconds() | {"client": _own_cpu_seconds()}
-        cpu = {name: seconds - cpu_before.get(name, 0.0) for name, seconds in cpu_after.items()}
+        cpu = _cpu_used(cpu_before, _processes_cpu(stack))
         return LoadResult(durations=[(r.done_at or time.perf_counter()) - r.sent_at for r in results],
                           tokens=[len(r.token_times) for r in results], failures=failures, page_ms=page_ms, wall=wall,
                           cpu=cpu, start_burst=burst[0] if burst else None)
@@ -573,7 +581,7 @@ def _concurrent_sync_load(stack: Stack, account: Account, question: str) -> Load
             poller = asyncio.create_task(
                 _page_poller(stack.base_url + PAGE_PATH, {"sessionid": account.session}, stop))
             await asyncio.sleep(0.5)
-            cpu_before = stack.cpu_seconds() | {"client": _own_cpu_seconds()}
+            cpu_before = _processes_cpu(stack)
 
             async def one() -> tuple[float, int, str | None]:
                 started = time.perf_counter()
@@ -588,8 +596,7 @@ def _concurrent_sync_load(stack: Stack, account: Account, question: str) -> Load
             wall = time.perf_counter() - started
             stop.set()
             page_ms = await poller
-            cpu_after = stack.cpu_seconds() | {"client": _own_cpu_seconds()}
-            cpu = {name: seconds - cpu_before.get(name, 0.0) for name, seconds in cpu_after.items()}
+            cpu = _cpu_used(cpu_before, _processes_cpu(stack))
         return LoadResult(durations=[r[0] for r in results], tokens=[r[1] for r in results],
                           failures=[r[2] for r in results if r[2]], page_ms=page_ms, wall=wall, cpu=cpu)
 

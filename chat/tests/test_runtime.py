@@ -18,13 +18,14 @@ ROOT = Path(__file__).resolve().parents[2]
 # atexit runs its handlers last-registered first: the check registered before the runtime exists runs after
 # whatever the runtime registered for itself.
 EXIT_CHECK = """
+import asyncio
 import atexit
 import django
 django.setup()
 from chat import runtime as module
 
 atexit.register(lambda: print("loop thread alive at exit:", module._runtime.thread.is_alive()))
-module.get_runtime().run(__import__("asyncio").sleep(0))
+module.get_runtime().run(asyncio.sleep(0))
 """
 
 
