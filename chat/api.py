@@ -155,10 +155,12 @@ async def message_stream_api(request: HttpRequest, message_id: int) -> HttpRespo
     raw_after = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0"
     try:
         after = int(raw_after)
-        if after < 0:
+        if not 0 <= after <= events.MAX_SEQ:
             raise ValueError
     except ValueError:
-        return _error_response(exceptions.ValidationError({"after": ["Give the last event id seen (0 or more)."]}))
+        return _error_response(exceptions.ValidationError(
+            {"after": [f"Give the last event id seen (0 to {events.MAX_SEQ})."]}
+        ))
     try:
         user = await db(_authenticate)(request)
         message = await db(message_get)(user=user, message_id=message_id)

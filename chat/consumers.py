@@ -121,7 +121,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _resume(self, content: dict[str, Any]) -> None:
         message_id, after = content.get("message_id"), content.get("after", 0)
-        if not isinstance(message_id, int) or not isinstance(after, int) or after < 0:
+        if not isinstance(message_id, int) or not isinstance(after, int) or not 0 <= after <= events.MAX_SEQ:
             await self._error("invalid_request", "resume needs an integer message_id and after (the last seq seen).")
             return
         message = await db(message_get)(user=self.scope["user"], message_id=message_id)

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 KEY_PREFIX = "docent:chat:"
 TERMINAL = "done"
+# The largest `after` a reader may give: event ids are Redis stream ids (`<seq>-0`), which refuse a first part past
+# 64 bits, and an answer's seq stays far below this.
+MAX_SEQ = 2**63 - 1
 
 
 def stream_key(message_id: int) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from chat import events
+
 EVENTS_DESCRIPTION = (
     "Server-Sent Events, one per answer event, each with `id:` (its sequence number), `event:` (its type) and "
     "`data:` (a JSON object):\n\n"
@@ -87,7 +89,8 @@ def _message_stream() -> dict[str, Any]:
         "security": _SECURITY,
         "parameters": [
             {"in": "path", "name": "message_id", "required": True, "schema": {"type": "integer"}},
-            {"in": "query", "name": "after", "required": False, "schema": {"type": "integer", "minimum": 0},
+            {"in": "query", "name": "after", "required": False,
+             "schema": {"type": "integer", "minimum": 0, "maximum": events.MAX_SEQ},
              "description": "The last event id seen; 0 replays from the start."},
             {"in": "header", "name": "Last-Event-ID", "required": False, "schema": {"type": "string"},
              "description": "Sent by EventSource clients on reconnect; wins over `after`."},

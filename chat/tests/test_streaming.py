@@ -288,3 +288,30 @@ def test_post_without_event_stream_answers_202_when_the_answer_outlasts_the_wait
         replay = sse_events(stream)
     assert replay[-1]["event"] == "done" and replay[-1]["data"]["content"] == ANSWER
     assert Message.objects.get(id=body["id"]).content == ANSWER
+
+
+def test_a_resume_point_past_any_event_id_is_refused_on_both_transports(live, llm) -> None:
+    """Event ids are Redis stream ids: a larger `after` used to reach XREAD, which refused it mid-response."""
+    user = chat_user()
+    key = api_key(user)
+    llm.configure(text=ANSWER, token_ms=2)
+    response = httpx.post(f"{live}/api/v1/chat/", json={"message": "What does gnuplot draw?"},
+                          headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    message = Message.objects.get(id=response.json()["id"])
+    url = f"{live}/api/v1/chat/messages/{message.id}/stream"
+    past = events.MAX_SEQ + 1
+
+    by_query = httpx.get(f"{url}?after={past}", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    by_header = httpx.get(url, headers={"Authorization": f"Bearer {key}", "Last-Event-ID": str(past)}, timeout=10)
+    with ChatSocket(live, message.conversation_id, user) as socket:
+        socket.send(type="resume", message_id=message.id, after=past)
+        refused = socket.recv()
+        socket.send(type="resume", message_id=message.id, after=0)
+        replayed = socket.until("done")
+
+    for refusal in (by_query, by_header):
+        assert refusal.status_code == 400
+        assert refusal.json()["error"]["code"] == "invalid_request"
+        assert str(events.MAX_SEQ) in refusal.json()["error"]["message"]
+    assert refused["type"] == "error" and refused["code"] == "invalid_request"
+    assert [event["seq"] for event in replayed] == list(range(1, message.last_seq + 1))  # the socket carries on
