@@ -275,6 +275,10 @@ CELERY_TASK_ROUTES = {"documents.tasks.*": {"queue": "ingest"}, "chat.tasks.*": 
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 30 * 60)
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 25 * 60)
 CELERY_RESULT_EXPIRES = 3600
+# One result backend per process, not one per thread: the llm worker runs 200 task threads, and each built its own
+# (~0.8 ms of CPU, under the GIL, on its first task: in a burst of questions, on almost every one). redis-py's
+# client and its connection pool are thread-safe.
+CELERY_RESULT_BACKEND_THREAD_SAFE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # acks_late tasks are redelivered if unacked for this long; longer than any task may run.

@@ -67,6 +67,28 @@ def test_local_vectors_agree_with_sentence_transformers(local: LocalEmbedder, re
     assert cosines.min() > 0.97
 
 
+def test_questions_get_a_single_threaded_session_of_their_own(monkeypatch) -> None:
+    threads_built: list[int] = []
+    build = embedding._onnx_runner
+
+    def recording(path: Path, *, threads: int):
+        threads_built.append(threads)
+        return build(path, threads=threads)
+
+    monkeypatch.setattr(embedding, "_onnx_runner", recording)
+    embedder = LocalEmbedder(cache_dir=MODEL_CACHE, threads=2)
+    embedder.embed_documents(["A chunk of a document."])
+    assert threads_built == [2]
+    question = embedder.embed_query(SIMILAR[0])
+    embedder.embed_query(UNRELATED)
+    assert threads_built == [2, 1]  # built on the first question, then reused
+    np.testing.assert_allclose(question.vectors, embedder.embed_documents([SIMILAR[0]]).vectors, atol=1e-6)
+    assert question.prompt_tokens == embedder.count_tokens(SIMILAR[0])
+
+    LocalEmbedder(cache_dir=MODEL_CACHE, threads=1).embed_query(SIMILAR[0])
+    assert threads_built == [2, 1, 1]  # already single-threaded: one session serves both
+
+
 MIXED_LENGTHS = [
     "Axes, ranges and labels are set with `set xrange`, `set yrange` and `set xlabel`. " * 6,
     "The trustee files the final report.",
