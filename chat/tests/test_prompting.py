@@ -102,6 +102,20 @@ def test_context_takes_best_excerpts_first_within_its_budget() -> None:
     assert count_tokens(prompt.messages[1]["content"]) + 4 <= 300
 
 
+def test_every_excerpt_is_kept_while_the_whole_block_fits_and_the_lowest_ranked_goes_first() -> None:
+    hits = [hit(n, f"excerpt {n} " + " ".join(["word"] * 30)) for n in range(1, 6)]
+    roomy = build_prompt(question="q", hits=hits, history=[], budget=5000, context_budget=5000)
+    block = count_tokens(roomy.messages[1]["content"]) + 4  # its cost as a user message
+
+    exact = build_prompt(question="q", hits=hits, history=[], budget=5000, context_budget=block)
+    tighter = build_prompt(question="q", hits=hits, history=[], budget=5000, context_budget=block - 1)
+
+    assert [s.chunk_id for s in exact.sources] == [1, 2, 3, 4, 5]
+    assert exact.messages == roomy.messages
+    assert [s.chunk_id for s in tighter.sources] == [1, 2, 3, 4]
+    assert count_tokens(tighter.messages[1]["content"]) + 4 <= block - 1
+
+
 def test_question_too_long_for_the_budget_is_refused() -> None:
     with pytest.raises(PromptTooLong):
         build_prompt(question="word " * 2000, hits=[], history=[], budget=1000, context_budget=100)
