@@ -23,7 +23,17 @@ EVENTS_DESCRIPTION = (
     "`GET /api/v1/chat/messages/{id}/stream` with `Last-Event-ID` (or `?after=N`)."
 )
 
-_EVENT_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
+# Before OpenAPI 3.2 (and its `itemSchema`), the schema of an event stream describes each event.
+_EVENT_STREAM = {"text/event-stream": {"schema": {
+    "type": "object",
+    "description": "One server-sent event.",
+    "properties": {
+        "event": {"type": "string", "enum": ["start", "token", "citations", "done", "error"]},
+        "id": {"type": "string", "description": "The event's `seq`: resume after it with `Last-Event-ID`."},
+        "data": {"type": "string", "description": "The event as a JSON object, with the same `type` and `seq`."},
+        "retry": {"type": "integer", "minimum": 0, "description": "Milliseconds to wait before reconnecting."},
+    },
+}}}
 _SECURITY = [{"ApiKeyAuth": []}, {"cookieAuth": []}]
 _ERROR = {
     "description": "The refusal, in the API's error format.",

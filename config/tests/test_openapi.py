@@ -50,6 +50,37 @@ def test_schema_documents_the_streaming_chat_endpoints() -> None:
     assert "`done`" in resume["description"] and "`citations`" in resume["description"]
 
 
+def test_every_event_of_a_stream_matches_the_documented_event_schema() -> None:
+    # The schema fuzzer reads an event stream with its SSE parser and checks each event against the documented
+    # schema; it found `{"type": "string"}` there once it happened on a real answer's stream.
+    import jsonschema_rs
+    from schemathesis.core.deserialization import _parse_sse_events
+
+    from chat import events
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    operations = [schema["paths"]["/api/v1/chat/"]["post"],
+                  schema["paths"]["/api/v1/chat/messages/{message_id}/stream"]["get"]]
+    answer = [
+        events.event(1, "start", message_id=7, conversation_id=3, model="extractive"),
+        events.event(2, "token", message_id=7, text="Hello\nworld"),
+        events.event(3, "error", message_id=7, code="provider_error", message="The model failed."),
+        events.event(4, "citations", message_id=7, citations=[]),
+        events.event(5, "done", message_id=7, finish_reason="error",
+                     usage={"prompt_tokens": 1, "completion_tokens": 1, "cost_usd": "0"}),
+    ]
+    # As the SSE views write it: the reconnect delay first, and keep-alive comments between events.
+    stream = b"retry: 1000\n\n" + b": keep-alive\n\n".join(item.sse() for item in answer)
+    parsed = _parse_sse_events(stream)
+
+    assert [event["event"] for event in parsed] == ["start", "token", "error", "citations", "done"]
+    for operation in operations:
+        validator = jsonschema_rs.validator_for(operation["responses"]["200"]["content"]["text/event-stream"]["schema"])
+        for event in parsed:
+            assert validator.is_valid(event), event
+        assert not validator.is_valid({"event": "surprise", "id": "9", "data": "{}"})
+
+
 def test_docs_page_loads_every_asset_from_this_server() -> None:
     client = Client()
 
