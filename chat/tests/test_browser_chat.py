@@ -139,9 +139,11 @@ def test_dropped_socket_resumes_mid_answer_without_gaps_or_duplicates(live, llm,
     page.locator(ANSWERS).filter(has_text="w5").wait_for(timeout=10_000)
 
     record_answer_states(page)
-    page.context.set_offline(True)  # reconnecting fails until the network is back
     page.evaluate("window.__sockets.forEach((socket) => socket.close())")
     page.get_by_text("Connection lost; reconnecting…").wait_for(timeout=5_000)
+    # Offline only once the socket is closed: a close begun offline can hang in CLOSING (its closing handshake
+    # never completes), and then the page never learns the connection is gone. The first retry is 0.5 s away.
+    page.context.set_offline(True)  # reconnecting fails until the network is back
     page.wait_for_timeout(100)  # the last frame renders what arrived before the drop
     at_drop = page.locator(ANSWERS).inner_text()
     page.wait_for_timeout(700)  # the model goes on meanwhile
