@@ -202,6 +202,25 @@ def _fit_history(history: Sequence[Turn], room: int) -> tuple[list[Turn], int]:
     return kept, room
 
 
+def _data_block(chosen: Sequence[tuple[Hit, str]]) -> tuple[str, int]:
+    """The data message holding the chosen excerpts, and its exact cost."""
+    data = render_data([excerpt for _, excerpt in chosen])
+    return data, message_cost("user", data)
+
+
+def _excerpts_by_estimate(hits: Sequence[Hit], *, used: int, room: int) -> list[tuple[Hit, str]]:
+    """The best excerpts whose counts, one by one, fit `room` beside the `used` tokens of the empty block."""
+    chosen: list[tuple[Hit, str]] = []
+    for hit in hits:
+        excerpt = render_excerpt(len(chosen) + 1, hit)
+        cost = count_tokens(excerpt) + 2  # the blank line joining it to the block
+        if used + cost > room:
+            continue  # a shorter, lower-ranked excerpt may still fit
+        chosen.append((hit, excerpt))
+        used += cost
+    return chosen
+
+
 def build_prompt(
     *,
     question: str,
@@ -227,25 +246,14 @@ def build_prompt(
     # Usually every excerpt fits: then one count of the whole block is all it takes (counting is most of the
     # CPU this function spends, and the block is the larger part of a prompt).
     chosen = [(hit, render_excerpt(number, hit)) for number, hit in enumerate(hits, start=1)]
-    data = render_data([excerpt for _, excerpt in chosen])
-    data_cost = message_cost("user", data)
+    data, data_cost = _data_block(chosen)
     if data_cost > data_room:
-        chosen = []
-        running = empty_data
-        for hit in hits:
-            excerpt = render_excerpt(len(chosen) + 1, hit)
-            cost = count_tokens(excerpt) + 2  # the blank line joining it to the block
-            if running + cost > data_room:
-                continue  # a shorter, lower-ranked excerpt may still fit
-            chosen.append((hit, excerpt))
-            running += cost
-        data = render_data([excerpt for _, excerpt in chosen])
-        data_cost = message_cost("user", data)
+        chosen = _excerpts_by_estimate(hits, used=empty_data, room=data_room)
+        data, data_cost = _data_block(chosen)
     # Joined text can tokenise a little differently from its parts: trim until the exact count fits.
     while chosen and data_cost > data_room:
         chosen.pop()
-        data = render_data([excerpt for _, excerpt in chosen])
-        data_cost = message_cost("user", data)
+        data, data_cost = _data_block(chosen)
 
     kept, history_room = _fit_history(history, budget - base - data_cost)
     messages = [
