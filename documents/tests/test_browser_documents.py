@@ -59,6 +59,9 @@ def test_upload_by_keyboard_only_and_the_page_fits_a_phone(page, celery_workers,
     sign_in(page, user, asgi_server).goto("/documents/")
     assert unnamed_fields(page) == []
 
+    # Listening from here, not only from expect_file_chooser: Playwright turns the interception of file choosers on
+    # without waiting for it, so a key pressed right after can reach the page before it is on.
+    page.on("filechooser", lambda chooser: None)
     tab_to(page, "#upload-input")
     with page.expect_file_chooser(timeout=5_000) as chooser:
         page.keyboard.press("Space")
