@@ -83,7 +83,7 @@ def test_other_users_key_is_404_on_revoke():
     assert theirs.revoked_at is None
 
 
-def test_key_guessing_is_cut_off_with_429(settings):
+def test_key_guessing_is_cut_off_with_429(settings, ratelimit_clock_stopped):
     _, good_key = api_key_create(user=UserFactory(), name="good")
     allowed = int(settings.API_KEY_FAILURE_RATE.split("/")[0])
     for attempt in range(allowed + 1):  # the attempt that goes over the limit still gets its 401

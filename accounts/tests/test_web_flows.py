@@ -81,7 +81,7 @@ def test_password_reset_sends_a_link_that_sets_a_new_password(client):
     assert user.check_password(new_password)
 
 
-def test_login_brute_force_is_answered_with_429(client, settings):
+def test_login_brute_force_is_answered_with_429(client, settings, ratelimit_clock_stopped):
     user = UserFactory()
     attempts = int(settings.LOGIN_RATE.split("/")[0])
     for _ in range(attempts):
