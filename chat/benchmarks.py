@@ -664,10 +664,11 @@ def chat_concurrency() -> list[Row]:
         Row(name, f"arriving over {PACED_ARRIVALS_SECONDS:g} s: median chat / model alone",
             statistics.median(paced.durations) / model_alone, "x"),
         Row(name, "all chats wall time", asynced.wall, "s", baseline=baseline(lambda r: r.wall),
-            note=f"CPU s: {asynced.cpu_note()}" + (f"; baseline: {synced.cpu_note()}" if synced else "")),
+            note=f"CPU s: {asynced.cpu_note()}" + (f"; baseline: {synced.cpu_note()}" if synced is not None else "")),
         Row(name, f"GET {PAGE_PATH} p99 during load", _percentile(asynced.page_ms, 99), "ms",
             baseline=baseline(lambda r: _percentile(r.page_ms, 99)), target="<= 200",
-            note=f"{len(asynced.page_ms)} page loads" + (f" (baseline: {len(synced.page_ms)})" if synced else "")),
+            note=f"{len(asynced.page_ms)} page loads"
+            + (f" (baseline: {len(synced.page_ms)})" if synced is not None else "")),
         Row(name, f"GET {PAGE_PATH} p50 during load", _percentile(asynced.page_ms, 50), "ms",
             baseline=baseline(lambda r: _percentile(r.page_ms, 50))),
     ]
