@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from config.bench import Row, benchmark
+from config.testing.datasets import SQUAD
 
 ROOT = Path(__file__).resolve().parent.parent
-SQUAD = Path("/work/shared/datasets/squad/squad-v1.1-dev-even.json")
 TTFT_REQUESTS = 200
 PER_TOKEN_REQUESTS = 20
 PER_TOKEN_MS = 20

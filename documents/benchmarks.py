@@ -7,15 +7,13 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 
 from config.bench import Row, benchmark
+from config.testing.datasets import DATASETS, SQUAD
 
-DATASETS = Path(os.environ.get("DOCENT_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 GNUPLOT_PDF = DATASETS / "pdf" / "gnuplot.pdf"
-SQUAD = DATASETS / "squad" / "squad-v1.1-dev-even.json"
 
 THROUGHPUT_CHUNKS = 480
 THROUGHPUT_ROUNDS = 3  # alternating baseline/ours, so that load from other processes hits both alike

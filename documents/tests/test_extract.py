@@ -11,14 +11,13 @@ import psutil
 import pypdfium2
 import pytest
 
+from config.testing.datasets import DATASETS
 from documents.ingestion.extract import ExtractionLimits, extract_sections, normalize_text, pdf_page_count
 from documents.ingestion.extract.docx import ENTITY_BOMB_MESSAGE, ZIP_BOMB_MESSAGE
 from documents.ingestion.extract.pdf import NO_TEXT_MESSAGE, PASSWORD_MESSAGE
 from documents.ingestion.types import IngestionError, Kind, Section
-from documents.tests import hostile_files
+from documents.tests import hostile_files, needs_datasets
 
-DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
-needs_datasets = pytest.mark.skipif(not DATASETS.is_dir(), reason=f"shared datasets not found at {DATASETS}")
 INLINE_PDF = ExtractionLimits(pdf_isolation=False)
 
 

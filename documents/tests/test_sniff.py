@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from config.testing.datasets import DATASETS
 from documents.ingestion.sniff import EMPTY_MESSAGE, HEAD_BYTES, SUPPORTED, sniff_kind, sniff_kind_path
 from documents.ingestion.types import IngestionError, Kind, UnsupportedFileType
-from documents.tests import hostile_files
-
-DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
-needs_datasets = pytest.mark.skipif(not DATASETS.is_dir(), reason=f"shared datasets not found at {DATASETS}")
+from documents.tests import hostile_files, needs_datasets
 
 
 def _write(tmp_path: Path, name: str, data: bytes) -> Path:

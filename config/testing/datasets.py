@@ -1,0 +1,7 @@
+"""The shared test data of tests and benchmarks: `shared/datasets` beside the checkout, or `DOCENT_DATASETS`."""
+
+import os
+from pathlib import Path
+
+DATASETS = Path(os.environ.get("DOCENT_DATASETS", Path(__file__).resolve().parents[3] / "shared" / "datasets"))
+SQUAD = DATASETS / "squad" / "squad-v1.1-dev-even.json"
