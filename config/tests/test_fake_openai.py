@@ -273,18 +273,23 @@ def test_async_client_closing_the_stream_is_recorded_as_cancelled(llm: FakeOpenA
     assert 3 <= llm.cancelled[0].tokens_sent < 400
 
 
-def test_client_timeout_on_a_plain_completion_is_recorded_as_cancelled(llm: FakeOpenAI) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_timeout_before_the_first_token_is_recorded_as_cancelled(llm: FakeOpenAI, stream: bool) -> None:
     llm.enqueue(first_token_ms=5000)
+    messages = user("How many tokens does this question cost?")
 
     with (
         OpenAI(base_url=llm.base_url, api_key="test", max_retries=0, timeout=0.3) as sdk,
         pytest.raises(openai.APITimeoutError),
     ):
-        sdk.chat.completions.create(model=MODEL, messages=user("hi"))
+        sdk.chat.completions.create(model=MODEL, messages=messages, stream=stream)
 
     llm.wait_until(lambda: llm.cancelled, timeout=2)
-    assert llm.cancelled[0].stream is False
-    assert llm.cancelled[0].status is None
+    record = llm.cancelled[0]
+    assert record.stream is stream
+    assert record.status is None and record.tokens_sent == 0
+    # Counted beside the response, not before it, and recorded however the request ended.
+    assert record.prompt_tokens == recipe_prompt_tokens(messages)
 
 
 def test_slow_reader_pauses_generation_instead_of_buffering(llm: FakeOpenAI) -> None:
