@@ -66,9 +66,27 @@ def count_tokens(text: str) -> int:
     return len(encoding.encode(text, disallowed_special=()))
 
 
+# Constant texts are counted once per process. Each count of them cost as much as counting the retrieved
+# excerpts, on every answer's path to its first token: counting is cheap only while the tokenizer's tables are
+# in the CPU's caches (0.2 ms), and a worker that idled for a fraction of a second paid 1-2 ms for these alone.
+@functools.lru_cache(maxsize=16)
+def _role_tokens(role: str) -> int:
+    return count_tokens(role)
+
+
 def message_cost(role: str, content: str, *, content_tokens: int | None = None) -> int:
     tokens = count_tokens(content) if content_tokens is None else content_tokens
-    return MESSAGE_OVERHEAD + count_tokens(role) + tokens
+    return MESSAGE_OVERHEAD + _role_tokens(role) + tokens
+
+
+@functools.cache
+def _empty_data_cost() -> int:
+    return message_cost("user", render_data([]))
+
+
+@functools.cache
+def _system_prompt_cost() -> int:
+    return message_cost("system", SYSTEM_PROMPT)
 
 
 def prompt_tokens(messages: Sequence[dict[str, str]]) -> int:
@@ -164,7 +182,7 @@ def instructions_cost(instructions: Sequence[str]) -> int:
 def fixed_cost(question_tokens: int, *, instructions: Sequence[str] = (), retrieval: bool = True) -> int:
     """System prompt(s), question and reply priming: what every prompt costs before context and history.
     Without retrieval Docent adds nothing of its own: neither its rules nor the data message."""
-    own = message_cost("system", SYSTEM_PROMPT) + message_cost("user", render_data([])) if retrieval else 0
+    own = _system_prompt_cost() + _empty_data_cost() if retrieval else 0
     return (REPLY_PRIMING + own + instructions_cost(instructions)
             + message_cost("user", "", content_tokens=question_tokens))
 
@@ -181,7 +199,7 @@ def prompt_bound(
     """The largest prompt `build_prompt` / `build_plain_prompt` can produce for these inputs: what a
     reservation must cover. `history` holds the content token counts of every earlier message."""
     history_cost = sum(MESSAGE_OVERHEAD + 1 + tokens for tokens in history)  # "user"/"assistant" are 1 token
-    data_cost = max(0, context_budget - message_cost("user", render_data([]))) if retrieval else 0
+    data_cost = max(0, context_budget - _empty_data_cost()) if retrieval else 0
     return min(budget, fixed_cost(question_tokens, instructions=instructions, retrieval=retrieval)
                + data_cost + history_cost)
 
@@ -237,7 +255,7 @@ def build_prompt(
 
     Raises PromptTooLong when the system prompts and the question alone do not fit."""
     question_tokens = count_tokens(question) if question_tokens is None else question_tokens
-    empty_data = message_cost("user", render_data([]))
+    empty_data = _empty_data_cost()
     base = fixed_cost(question_tokens, instructions=instructions) - empty_data
     if base + empty_data > budget:
         raise PromptTooLong(needed=base + empty_data, budget=budget)
