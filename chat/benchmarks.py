@@ -351,7 +351,7 @@ async def _ask(ws, question: str, on_first_token: Callable[[], None] | None = No
     return result
 
 
-async def _direct_first_tokens(stack: Stack, messages_list: list[list[dict]], extra: str = "") -> list[list[float]]:
+async def _direct_first_tokens(stack: Stack, messages_list: list[list[dict]]) -> list[list[float]]:
     """Token arrival times (relative to sending) reading the fake model directly with the official client."""
     from openai import AsyncOpenAI
 
