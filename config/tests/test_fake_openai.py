@@ -288,7 +288,7 @@ def test_client_timeout_before_the_first_token_is_recorded_as_cancelled(llm: Fak
     record = llm.cancelled[0]
     assert record.stream is stream
     assert record.status is None and record.tokens_sent == 0
-    # Counted beside the response, not before it, and recorded however the request ended.
+    # Counted when the usage is due rather than before the first token, and recorded however the request ended.
     assert record.prompt_tokens == recipe_prompt_tokens(messages)
 
 
