@@ -11,7 +11,14 @@ from django.db import connection, transaction
 from accounts.tests.factories import UserFactory
 from documents.embedders import configured_embedder
 from documents.models import Chunk, Document
-from documents.search import chunk_search, keyword_chunk_ids, nearest_chunk_ids, set_ann_parameters, vector_sql
+from documents.search import (
+    chunk_search,
+    keyword_chunk_ids,
+    nearest_chunk_ids,
+    set_ann_parameters,
+    vector_literal,
+    vector_sql,
+)
 from documents.services.store import StoredChunk, chunks_copy, lexeme_counts_store
 
 pytestmark = pytest.mark.django_db
@@ -252,3 +259,15 @@ def test_search_api_ignores_other_users_document_ids(api, other_user):
     response = api.post("/api/v1/search/", {"query": "Hastings", "document_ids": [theirs.id]}, format="json")
 
     assert response.json()["results"] == []
+
+
+def test_the_query_vector_reaches_postgres_unchanged():
+    # An embedding's typical values and float32's extremes: 9 significant digits must hold each exactly.
+    rng = np.random.default_rng(7)
+    vector = rng.standard_normal(384).astype(np.float32)
+    vector /= np.linalg.norm(vector)
+    vector[:4] = [1.1754944e-38, -3.4028235e38, 0.1, -1e-30]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT %s::vector::real[]", [vector_literal(vector)])
+        stored = np.asarray(cursor.fetchone()[0], dtype=np.float32)
+    assert np.array_equal(stored, vector)
