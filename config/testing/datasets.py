@@ -4,4 +4,5 @@ import os
 from pathlib import Path
 
 DATASETS = Path(os.environ.get("DOCENT_DATASETS", Path(__file__).resolve().parents[3] / "shared" / "datasets"))
-SQUAD = DATASETS / "squad" / "squad-v1.1-dev-even.json"
+SQUAD_FILE = Path("squad") / "squad-v1.1-dev-even.json"  # inside a datasets directory
+SQUAD = DATASETS / SQUAD_FILE

@@ -43,6 +43,7 @@ from django.db import connection as django_connection
 from pgvector.psycopg import register_vector
 
 from config.bench import Row
+from config.testing.datasets import SQUAD_FILE
 from documents.models import OWNER_LEXEMES_FUNCTION_SQL
 
 T = TypeVar("T")
@@ -128,7 +129,7 @@ def base_corpus(datasets: Path) -> tuple[list[str], np.ndarray]:
         if path.suffix.lower() not in {".pdf", ".docx", ".html"}:
             continue
         texts.extend(draft.text for draft in chunker(extract_sections(path, sniff_kind_path(path))))
-    squad = json.loads((datasets / "squad" / "squad-v1.1-dev-even.json").read_text())
+    squad = json.loads((datasets / SQUAD_FILE).read_text())
     sections = [Section(text=paragraph["context"]) for article in squad["data"] for paragraph in article["paragraphs"]]
     texts.extend(draft.text for draft in chunker(sections))
     vectors = np.concatenate([
