@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.db import connection
 
 from billing.models import UsageRecord
 from chat import events
 from chat.models import Message
 from chat.prompting import count_tokens
-from chat.services import answer_generate, chat_ask, conversation_create
+from chat.services import _answer_claim, _answer_head, answer_generate, chat_ask, conversation_create
 from chat.tests.factories import chat_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -62,3 +63,31 @@ def test_redelivery_after_a_worker_died_mid_stream_closes_the_answer_with_its_pa
     assert [kind for _, kind in stored[-3:]] == [b"error", b"citations", b"done"]
     assert stored[-1][0] == f"{message.last_seq}-0".encode() and message.last_seq == 7
     assert llm.chat_requests == []  # the model is not asked again
+
+
+def _wal_fsyncs() -> int:
+    """WAL flushes this connection has waited for (PostgreSQL 18's per-backend I/O statistics)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")
+        cursor.execute("SELECT coalesce(sum(fsyncs), 0) FROM pg_stat_get_backend_io(pg_backend_pid()) "
+                       "WHERE object = 'wal'")
+        return cursor.fetchone()[0]
+
+
+def test_the_claim_takes_the_answer_without_waiting_for_a_wal_flush(prices) -> None:
+    if connection.pg_version < 180000:
+        pytest.skip("per-backend I/O statistics need PostgreSQL 18")
+    user = chat_user()
+    answer = chat_ask(user=user, question="What is it?", conversation=conversation_create(user=user))
+    head, question, _ = _answer_head(answer.id)
+    before = _wal_fsyncs()
+    Message.objects.filter(id=answer.id).update(retrieval_ms=1)  # an ordinary commit, for comparison
+    ordinary = _wal_fsyncs() - before
+    if ordinary == 0:
+        pytest.skip("this server does not flush the WAL on commit (fsync or synchronous_commit is off)")
+
+    before = _wal_fsyncs()
+    assert _answer_claim(head, question) == []
+    assert _wal_fsyncs() - before == 0
+    assert Message.objects.get(id=answer.id).status == Message.Status.STREAMING
+    assert _answer_claim(head, question) is None  # taken once only
