@@ -311,7 +311,6 @@ class _Hub:
         self._reading: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Task[None] | None = None
-        self._client: aioredis.Redis | None = None
 
     def add(self, follower: _Follower) -> Awaitable[Any] | None:
         """Registers `follower`; returns the wake-up to await when the XREAD under way does not cover it."""
@@ -342,7 +341,7 @@ class _Hub:
                 del self.followers[follower.key]
 
     async def _run(self) -> None:
-        client = self._client = self._client or aioredis.Redis.from_url(
+        client = aioredis.Redis.from_url(
             settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=self.BLOCK_MS / 1000 + 10,
             socket_keepalive=True, single_connection_client=True, driver_info=None,
         )
@@ -382,11 +381,18 @@ class _Hub:
                     follower.fail(error)
             self.followers.clear()
             # A cancelled or failed XREAD leaves the connection mid-reply: the next hub starts on a fresh one.
-            self._client = None
             with contextlib.suppress(Exception):
                 await client.connection_pool.disconnect()
             if not isinstance(exc, Exception):
                 raise
+        else:
+            # Every reader has left: the hub ends, clearing its task before the first await as above, and closes
+            # its connection. Kept open for the next hub, the connection outlived a loop that closed (asyncio.run,
+            # the tests), and collecting it at the interpreter's exit failed with "Event loop is closed".
+            if self._task is asyncio.current_task():
+                self._task = None
+            with contextlib.suppress(Exception):
+                await client.aclose()
         finally:
             self._reading = {}
 

@@ -4,11 +4,46 @@ its own answer's events, from where it stands, in order, without gaps or duplica
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
 from chat import events
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A reader joins the hub and leaves; the next event makes the hub's read return with no one left to read for.
+IDLE_HUB = """
+import asyncio, contextlib, sys
+import django
+django.setup()
+from chat import events
+
+message_id = int(sys.argv[1])
+
+async def no_message():
+    return None
+
+async def main():
+    reader = events.follow(message_id, heartbeat=5, load_message=no_message)
+    await reader.__anext__()
+    waiting = asyncio.ensure_future(reader.__anext__())
+    await asyncio.sleep(0.1)
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    await reader.aclose()
+    await asyncio.to_thread(events.append, message_id, [events.event(2, "token", message_id=message_id, text="b")])
+    await asyncio.sleep(0.2)
+    task = events._hub()._task
+    print("hub ended:", task is None or task.done())
+
+asyncio.run(main())
+"""
 
 
 async def _no_message():
@@ -100,3 +135,17 @@ def test_reader_joining_behind_the_read_under_way_still_gets_every_event(message
 
     assert behind_seqs == list(range(4, 16))
     assert ahead_seqs == list(range(11, 16))
+
+
+def test_a_hub_left_without_readers_closes_its_connection_and_the_process_exits_cleanly(message_ids) -> None:
+    # Kept open for the next reader, the idle hub's connection outlived its closed loop, and the interpreter's
+    # exit printed "Exception ignored in: Redis.__del__ ... RuntimeError: Event loop is closed" (seen after test runs).
+    message_id = message_ids[0]
+    _write(message_id, 1, 1)
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"}
+    result = subprocess.run([sys.executable, "-c", IDLE_HUB, str(message_id)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 0, result.stderr
+    assert "hub ended: True" in result.stdout
+    assert "Exception ignored" not in result.stderr, result.stderr
