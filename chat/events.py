@@ -370,31 +370,24 @@ class _Hub:
                 if reply and len(self.followers) >= self.BATCH_FROM_STREAMS:
                     await asyncio.sleep(self.BATCH_SECONDS)
         except BaseException as exc:
-            # Nothing is read from here on: before the first await, so that a reader arriving meanwhile starts a
-            # new hub task instead of joining one that is ending.
-            self._reading = {}
-            if self._task is asyncio.current_task():
-                self._task = None
             error = exc if isinstance(exc, Exception) else ConnectionError("the event reader stopped")
             for group in list(self.followers.values()):
                 for follower in group:
                     follower.fail(error)
             self.followers.clear()
-            # A cancelled or failed XREAD leaves the connection mid-reply: the next hub starts on a fresh one.
-            with contextlib.suppress(Exception):
-                await client.connection_pool.disconnect()
             if not isinstance(exc, Exception):
                 raise
-        else:
-            # Every reader has left: the hub ends, clearing its task before the first await as above, and closes
-            # its connection. Kept open for the next hub, the connection outlived a loop that closed (asyncio.run,
-            # the tests), and collecting it at the interpreter's exit failed with "Event loop is closed".
+        finally:
+            # Nothing is read from here on: before the first await, so that a reader arriving meanwhile starts a
+            # new hub task instead of joining one that is ending.
+            self._reading = {}
             if self._task is asyncio.current_task():
                 self._task = None
+            # The connection ends with the hub. A cancelled or failed XREAD leaves it mid-reply; an idle one, kept
+            # for the next hub, outlived a loop that closed (asyncio.run, the tests), and collecting it at the
+            # interpreter's exit failed with "Event loop is closed".
             with contextlib.suppress(Exception):
                 await client.aclose()
-        finally:
-            self._reading = {}
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub] = weakref.WeakKeyDictionary()
