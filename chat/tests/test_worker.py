@@ -11,7 +11,14 @@ from billing.models import UsageRecord
 from chat import events
 from chat.models import Message
 from chat.prompting import count_tokens
-from chat.services import _answer_claim, _answer_head, answer_generate, chat_ask, conversation_create
+from chat.services import (
+    _answer_claim,
+    _answer_head,
+    _answer_record,
+    answer_generate,
+    chat_ask,
+    conversation_create,
+)
 from chat.tests.factories import chat_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -74,7 +81,7 @@ def _wal_fsyncs() -> int:
         return cursor.fetchone()[0]
 
 
-def test_the_claim_takes_the_answer_without_waiting_for_a_wal_flush(prices) -> None:
+def test_the_claim_and_the_record_commit_without_waiting_for_a_wal_flush(prices) -> None:
     if connection.pg_version < 180000:
         pytest.skip("per-backend I/O statistics need PostgreSQL 18")
     user = chat_user()
@@ -91,3 +98,8 @@ def test_the_claim_takes_the_answer_without_waiting_for_a_wal_flush(prices) -> N
     assert _wal_fsyncs() - before == 0
     assert Message.objects.get(id=answer.id).status == Message.Status.STREAMING
     assert _answer_claim(head, question) is None  # taken once only
+
+    before = _wal_fsyncs()
+    _answer_record(answer.id, prompt_tokens=321, retrieval_ms=7)
+    assert _wal_fsyncs() - before == 0
+    assert Message.objects.values_list("prompt_tokens", "retrieval_ms").get(id=answer.id) == (321, 7)
