@@ -133,6 +133,22 @@ def test_keyword_half_never_returns_another_owners_chunks_with_the_same_words(us
     assert found == [Chunk.objects.get(document=mine, ordinal=0).id]
 
 
+def test_keyword_half_reads_a_small_accounts_chunks_through_the_owner_lexeme_index(user):
+    document = ready_document(user, [f"{fact} Note {i}." for i in range(10) for fact in FACTS])
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE documents_chunk")
+        cursor.execute(
+            "EXPLAIN SELECT id FROM documents_chunk c WHERE chunk_owner_lexemes(c.owner_id, c.search_vector) "
+            "&& ARRAY[%s] AND c.owner_id + 0 = %s AND c.document_id + 0 = ANY(%s) LIMIT 1000",
+            [f"{user.id}:norman", user.id, [document.id]],
+        )
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+
+    # Not a scan that computes every row's lexemes (~15 us each, for each word of the question).
+    assert "chunk_owner_lexemes_gin" in plan, plan
+    assert "Seq Scan" not in plan, plan
+
+
 def test_owner_lexemes_qualify_each_lexeme_with_the_owner():
     with connection.cursor() as cursor:
         cursor.execute("SELECT chunk_owner_lexemes(7, to_tsvector('english', 'The Normans conquered England'))")
