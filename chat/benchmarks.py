@@ -172,20 +172,23 @@ def _ready_document(*, owner: Any, title: str, texts: list[str]) -> None:
     from documents.embedding import get_embedder
     from documents.ingestion.types import Kind
     from documents.models import Chunk, Document
+    from documents.services.store import lexeme_counts_store
 
     embedder = get_embedder()
     body = "\n\n".join(texts).encode()
+    tokens = [embedder.count_tokens(text) for text in texts]
     document = Document.objects.create(
         owner=owner, title=title, filename=f"{title}.txt", content_type="text/plain", kind=Kind.TEXT,
         size_bytes=len(body), sha256=hashlib.sha256(body).hexdigest(), file=f"documents/{owner.id}/bench",
-        status=Document.Status.READY, chunk_count=len(texts), embedding_model=embedder.model,
+        status=Document.Status.READY, chunk_count=len(texts), token_count=sum(tokens), embedding_model=embedder.model,
     )
     vectors = embedder.embed_documents(texts).vectors
     Chunk.objects.bulk_create([
-        Chunk(document=document, owner=owner, ordinal=i, text=text, token_count=embedder.count_tokens(text),
-              embedding=vectors[i].tolist())
-        for i, text in enumerate(texts)
+        Chunk(document=document, owner=owner, ordinal=i, text=text, token_count=count, embedding=vector.tolist())
+        for i, (text, count, vector) in enumerate(zip(texts, tokens, vectors, strict=True))
     ])
+    # The keyword half of the search weighs words by these counts: without them it finds nothing.
+    lexeme_counts_store(document_id=document.id, owner_id=owner.id)
 
 
 class Stack:
