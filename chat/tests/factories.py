@@ -13,6 +13,7 @@ from billing.tests.factories import ModelPriceFactory, PlanFactory, subscribe
 from documents.embedding import get_embedder
 from documents.ingestion.types import Kind
 from documents.models import Chunk, Document
+from documents.services.store import lexeme_counts_store
 
 # A model with a tiny context window, for the tests that need the prompt budget to bite.
 SMALL_MODEL = "gpt-4o-mini-small"
@@ -40,18 +41,21 @@ def document_with_chunks(
     """A document as ingestion would leave it: chunks with embeddings from the project's embedder."""
     embedder = get_embedder()
     body = "\n\n".join(texts).encode()
+    tokens = [embedder.count_tokens(text) for text in texts]
     document = Document.objects.create(
         owner=owner, title=title, filename=f"{title}.txt", content_type="text/plain", kind=Kind.TEXT,
         size_bytes=len(body), sha256=hashlib.sha256(body + title.encode()).hexdigest(),
-        file=f"documents/{owner.id}/{title}", status=status, chunk_count=len(texts),
+        file=f"documents/{owner.id}/{title}", status=status, chunk_count=len(texts), token_count=sum(tokens),
         pages=max((p for p in (pages or []) if p), default=None), embedding_model=embedder.model,
     )
     vectors = embedder.embed_documents(list(texts)).vectors
     Chunk.objects.bulk_create([
         Chunk(document=document, owner=owner, ordinal=index, text=text, page=(pages[index] if pages else None),
-              token_count=embedder.count_tokens(text), embedding=vectors[index].tolist())
+              token_count=tokens[index], embedding=vectors[index].tolist())
         for index, text in enumerate(texts)
     ])
+    # The keyword half of the search weighs words by these counts: without them it finds nothing.
+    lexeme_counts_store(document_id=document.id, owner_id=owner.id)
     return document
 
 
