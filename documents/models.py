@@ -51,9 +51,9 @@ class Document(models.Model):
         return self.title
 
 
-# COST (migration 0005): at the default (100) the planner judged a few hundred chunks cheaper to scan, computing
-# this for every row and every word of the question (~15 us a row: 0.8 ms a word over 54 chunks, where the GIN
-# index takes 0.07 ms), so small accounts, whose tables are small, paid the most per chunk.
+# COST (migration 0005): at the default (100) the planner judged a chunk table of a few hundred rows cheaper to
+# scan, computing this for every row and every word of the question (~15 us a row: 0.8 ms a word over 54 chunks,
+# where the GIN index takes 0.07 ms), so a small installation paid more per search than a big one.
 OWNER_LEXEMES_FUNCTION_SQL = """
 CREATE OR REPLACE FUNCTION chunk_owner_lexemes(owner bigint, lexemes tsvector) RETURNS text[]
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE COST 10000

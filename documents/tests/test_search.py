@@ -133,7 +133,7 @@ def test_keyword_half_never_returns_another_owners_chunks_with_the_same_words(us
     assert found == [Chunk.objects.get(document=mine, ordinal=0).id]
 
 
-def test_keyword_half_reads_a_small_accounts_chunks_through_the_owner_lexeme_index(user):
+def test_keyword_half_reads_a_small_chunk_table_through_the_owner_lexeme_index(user):
     document = ready_document(user, [f"{fact} Note {i}." for i in range(10) for fact in FACTS])
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE documents_chunk")
