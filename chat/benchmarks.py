@@ -142,6 +142,7 @@ def _throwaway_account(corpus: Corpus) -> Iterator[Account]:
     from billing.models import ModelPrice, Plan, Subscription, UsageRecord
     from billing.periods import period_containing
     from billing.seeds import seed_catalog
+    from documents.benchmarking.common import document_from_texts
 
     if not ModelPrice.objects.filter(model="gpt-4o-mini").exists():
         seed_catalog()
@@ -155,7 +156,7 @@ def _throwaway_account(corpus: Corpus) -> Iterator[Account]:
         "plan": plan, "period_anchor": now, "current_period_start": start, "current_period_end": end})
     try:
         for title, paragraphs in corpus.contexts:
-            _ready_document(owner=user, title=title, texts=paragraphs)
+            document_from_texts(owner=user, title=title, texts=paragraphs)
         client = Client()
         client.force_login(user)
         yield Account(user=user, plan=plan, session=client.cookies["sessionid"].value)
@@ -163,32 +164,6 @@ def _throwaway_account(corpus: Corpus) -> Iterator[Account]:
         UsageRecord.objects.filter(user=user).delete()
         user.delete()
         plan.delete()
-
-
-def _ready_document(*, owner: Any, title: str, texts: list[str]) -> None:
-    """A document as ingestion leaves it (one chunk per paragraph), without going through the ingest queue."""
-    import hashlib
-
-    from documents.embedding import get_embedder
-    from documents.ingestion.types import Kind
-    from documents.models import Chunk, Document
-    from documents.services.store import lexeme_counts_store
-
-    embedder = get_embedder()
-    body = "\n\n".join(texts).encode()
-    tokens = [embedder.count_tokens(text) for text in texts]
-    document = Document.objects.create(
-        owner=owner, title=title, filename=f"{title}.txt", content_type="text/plain", kind=Kind.TEXT,
-        size_bytes=len(body), sha256=hashlib.sha256(body).hexdigest(), file=f"documents/{owner.id}/bench",
-        status=Document.Status.READY, chunk_count=len(texts), token_count=sum(tokens), embedding_model=embedder.model,
-    )
-    vectors = embedder.embed_documents(texts).vectors
-    Chunk.objects.bulk_create([
-        Chunk(document=document, owner=owner, ordinal=i, text=text, token_count=count, embedding=vector.tolist())
-        for i, (text, count, vector) in enumerate(zip(texts, tokens, vectors, strict=True))
-    ])
-    # The keyword half of the search weighs words by these counts: without them it finds nothing.
-    lexeme_counts_store(document_id=document.id, owner_id=owner.id)
 
 
 class Stack:
