@@ -89,6 +89,8 @@ def test_stream_sends_role_then_content_deltas_then_finish_then_usage(client: Op
     assert usage_chunk.usage.total_tokens == len(deltas) + recipe_prompt_tokens(messages)
     assert {c.model for c in chunks} == {MODEL}
     assert len({c.id for c in chunks}) == 1
+    # The server records the outcome after its last send, which the client can finish reading first.
+    llm.wait_until(lambda: llm.chat_requests[-1].done)
     assert llm.chat_requests[-1].outcome == COMPLETED
 
 
@@ -406,9 +408,9 @@ def test_fifty_concurrent_streams_all_complete(llm: FakeOpenAI) -> None:
     results = asyncio.run(run_all())
 
     assert results == [(20, 20)] * 50
+    llm.wait_until(lambda: llm.active_streams == 0 and all(r.done for r in llm.chat_requests))
     assert [r.outcome for r in llm.chat_requests] == [COMPLETED] * 50
     assert llm.peak_active_streams >= 25  # they overlapped rather than ran one after another
-    assert llm.active_streams == 0
 
 
 def test_queued_scenarios_apply_in_order_then_defaults_resume(client: OpenAI, llm: FakeOpenAI) -> None:
