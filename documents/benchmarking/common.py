@@ -12,9 +12,9 @@ from billing.services import subscription_assign_plan
 from documents.embedding import get_embedder
 from documents.ingestion.sniff import sniff_kind_path
 from documents.ingestion.types import CONTENT_TYPES, Kind
-from documents.models import Chunk, Document, upload_path
+from documents.models import Document, upload_path
 from documents.services import document_delete
-from documents.services.store import lexeme_counts_store
+from documents.services.store import StoredChunk, chunks_copy, lexeme_counts_store
 
 
 def bench_user(email: str) -> User:
@@ -52,8 +52,8 @@ def document_from_texts(
     status: str = Document.Status.READY,
 ) -> Document:
     """A document as ingestion leaves it, one chunk per text, without the ingest queue (tests and benchmarks):
-    embeddings from the project's embedder, token counts, and the lexeme counts the keyword half of search
-    weighs words by (without them it finds nothing)."""
+    embeddings from the project's embedder, token counts, chunks written by ingestion's own COPY, and the lexeme
+    counts the keyword half of search weighs words by (without them it finds nothing)."""
     embedder = get_embedder()
     body = "\n\n".join(texts).encode()
     tokens = [embedder.count_tokens(text) for text in texts]
@@ -64,9 +64,9 @@ def document_from_texts(
         pages=max((p for p in (pages or []) if p), default=None), embedding_model=embedder.model,
     )
     vectors = embedder.embed_documents(list(texts)).vectors
-    Chunk.objects.bulk_create([
-        Chunk(document=document, owner=owner, ordinal=index, text=text, page=(pages[index] if pages else None),
-              token_count=tokens[index], embedding=vectors[index].tolist())
+    chunks_copy(document_id=document.id, owner_id=owner.id, chunks=[
+        StoredChunk(ordinal=index, text=text, page=(pages[index] if pages else None), heading_path=(),
+                    token_count=tokens[index], embedding=vectors[index])
         for index, text in enumerate(texts)
     ])
     lexeme_counts_store(document_id=document.id, owner_id=owner.id)
