@@ -11,7 +11,7 @@ from pathlib import Path, PurePath
 
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Count, Sum
 from django.db.models.functions import Coalesce
 
@@ -107,6 +107,13 @@ def _clean_filename(name: str | None) -> str:
     return (base or "upload")[:255]
 
 
+def _clean_title(title: str | None) -> str:
+    """The given title, trimmed; NUL, which Postgres cannot store in text, is refused."""
+    if title and "\x00" in title:
+        raise UploadRejected("The title contains a NUL character; remove it and upload again.")
+    return (title or "").strip()[:255]
+
+
 def _default_title(filename: str) -> str:
     stem = PurePath(filename).stem.strip()
     return (stem or filename)[:255]
@@ -119,6 +126,7 @@ def document_create(*, owner: User, upload: UploadedFile, title: str | None = No
     if that one had failed, the new upload counts as a retry and queues it again.
     Raises `UploadRejected` subclasses (400/413/415/422) and billing's `UploadLimitExceeded`.
     """
+    title = _clean_title(title)
     declared = upload.size or 0
     if declared > max_upload_bytes():
         raise _too_large(declared)
@@ -136,39 +144,41 @@ def document_create(*, owner: User, upload: UploadedFile, title: str | None = No
         except IngestionError as exc:
             raise UnreadableUpload(exc.message) from exc
 
-        existing = Document.objects.filter(owner=owner, sha256=sha256).first()
-        if existing is not None:
-            temp_path.unlink(missing_ok=True)
-            if existing.status == Document.Status.FAILED:
-                document_requeue(document=existing, reset_attempts=True)
-            return existing, False
-
-        document = Document(
-            owner=owner,
-            title=(title or "").strip()[:255] or _default_title(filename),
-            filename=filename,
-            content_type=CONTENT_TYPES[kind],
-            kind=kind.value,
-            size_bytes=size,
-            sha256=sha256,
-        )
-        relative = upload_path(document, filename)
-        final_path = Path(settings.MEDIA_ROOT) / relative
-        final_path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(temp_path, final_path)
-        document.file.name = relative
-        try:
-            with transaction.atomic():
+        # Under a lock on the owner's row: parallel uploads would otherwise all pass the limits against the
+        # same old count (the check above only saves streaming a file that cannot be accepted) and race on the
+        # content-addressed path.
+        with transaction.atomic():
+            User.objects.select_for_update().filter(pk=owner.pk).exists()
+            existing = Document.objects.filter(owner=owner, sha256=sha256).first()
+            if existing is not None:
+                if existing.status == Document.Status.FAILED:
+                    document_requeue(document=existing, reset_attempts=True)
+                return existing, False
+            document_count, storage_bytes = _owner_usage(owner)
+            limits_check_upload(user=owner, size_bytes=size, document_count=document_count,
+                                storage_bytes=storage_bytes)
+            document = Document(
+                owner=owner,
+                title=title or _default_title(filename),
+                filename=filename,
+                content_type=CONTENT_TYPES[kind],
+                kind=kind.value,
+                size_bytes=size,
+                sha256=sha256,
+            )
+            relative = upload_path(document, filename)
+            final_path = Path(settings.MEDIA_ROOT) / relative
+            final_path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp_path, final_path)
+            document.file.name = relative
+            try:
                 document.save()
-                # Pushed before the task is queued: the worker's events must not be overtaken by this one.
-                transaction.on_commit(lambda: (document_push(document), _enqueue_ingest(document.id)))
-        except IntegrityError:
-            # The same content from the same owner won a race; the file at `final_path` is that
-            # document's now (same bytes, same path), so it stays.
-            winner = Document.objects.filter(owner=owner, sha256=sha256).first()
-            if winner is None:
+            except BaseException:
+                # No document of this owner has this content (checked under the lock), so the file is nobody's.
+                final_path.unlink(missing_ok=True)
                 raise
-            return winner, False
+            # Pushed before the task is queued: the worker's events must not be overtaken by this one.
+            transaction.on_commit(lambda: (document_push(document), _enqueue_ingest(document.id)))
     finally:
         temp_path.unlink(missing_ok=True)
     return document, True

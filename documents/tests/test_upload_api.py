@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from django.db import connection
 from rest_framework.test import APIClient
 
 from accounts.services import api_key_create
@@ -160,6 +163,54 @@ def test_plan_document_limit_is_enforced_with_billings_status(post_file, user):
     assert Document.objects.filter(owner=user).count() == 1
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("limit", ["documents", "storage"])
+def test_parallel_uploads_cannot_pass_the_plan_limits_together(user, media_root, limit):
+    catalog_ensure()
+    files = [f"note {index}: ".encode() + b"x" * 300_000 for index in range(8)]
+    if limit == "documents":
+        Plan.objects.filter(is_default=True).update(max_documents=3, max_storage_mb=None)
+    else:  # room for three of the eight files
+        Plan.objects.filter(is_default=True).update(max_documents=None, max_storage_mb=1)
+    barrier = threading.Barrier(len(files))
+    statuses: list[int] = []
+    errors: list[BaseException] = []
+
+    def upload(data: bytes, index: int) -> None:
+        try:
+            client = APIClient()
+            client.force_authenticate(user)
+            handle = io.BytesIO(data)
+            handle.name = f"n{index}.txt"
+            barrier.wait(timeout=30)
+            statuses.append(client.post("/api/v1/documents/", {"file": handle}, format="multipart").status_code)
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=upload, args=(data, index)) for index, data in enumerate(files)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    assert sorted(statuses) == [201] * 3 + [403] * 5
+    assert Document.objects.filter(owner=user).count() == 3
+    stored = [path for path in (media_root / "documents" / str(user.id)).iterdir()]
+    assert sorted(path.name for path in stored) == sorted(Document.objects.values_list("sha256", flat=True))
+
+
+def test_title_with_a_nul_is_400_and_stores_nothing(post_file, media_root):
+    response = post_file(hostile_files.sample_markdown(), name="guide.md", title="a\x00b")
+
+    assert response.status_code == 400
+    assert "NUL" in response.json()["error"]["message"]
+    assert not Document.objects.exists()
+    assert not any(path.is_file() for path in media_root.rglob("*"))
+
+
 def test_plan_file_size_limit_is_413(post_file):
     catalog_ensure()
     Plan.objects.filter(is_default=True).update(max_file_size_mb=1)
@@ -202,7 +253,7 @@ def test_list_shows_only_the_callers_documents_paginated(post_file, api, other_u
         post_file(f"note number {index}\n".encode(), name=f"n{index}.txt")
     client = APIClient()
     client.force_authenticate(other_user)
-    post_file(b"someone else's note\n", name="theirs.txt", client=client)
+    assert post_file(b"someone else's note\n", name="theirs.txt", client=client).status_code == 201
 
     response = api.get("/api/v1/documents/?page_size=2")
 
