@@ -188,10 +188,26 @@ def _budget(model: str, *, max_tokens: int | None = None, fixed: int) -> Budget:
                   prompt_budget=min(settings.CHAT_MAX_PROMPT_TOKENS, window - max_tokens))
 
 
+def is_storable_text(text: str) -> bool:
+    """Whether Postgres can store `text` and the tokenisers read it: no NUL, no unpaired surrogate (which a JSON
+    escape can still carry in)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _clean_question(question: Any) -> str:
     question = question.strip() if isinstance(question, str) else ""
     if not question:
         raise InvalidQuestion("Type a question first.")
+    if not is_storable_text(question):
+        raise InvalidQuestion(
+            "The question contains a NUL character or an unpaired surrogate; remove it and ask again."
+        )
     if len(question) > settings.CHAT_MAX_QUESTION_CHARS:
         raise InvalidQuestion(f"Questions are limited to {settings.CHAT_MAX_QUESTION_CHARS} characters.")
     return question

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions
 
@@ -114,6 +116,9 @@ def from_exception(exc: BaseException) -> OpenAIError | None:
                            headers={"Retry-After": str(wait)}, extra={"retry_after": wait})
     if isinstance(exc, Http404):
         return OpenAIError(404, "Not found.", code="not_found")
+    if isinstance(exc, RequestDataTooBig):
+        return OpenAIError(413, f"The request body is over the {settings.DATA_UPLOAD_MAX_MEMORY_SIZE // 2**20} MB "
+                                "this API accepts; send less text per request.", code="request_too_large")
     if isinstance(exc, exceptions.APIException):
         return OpenAIError(exc.status_code, str(exc.detail), type=_type_for(exc.status_code))
     return None

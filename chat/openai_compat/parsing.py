@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chat.openai_compat.errors import OpenAIError, invalid
+from chat.services import is_storable_text
 
 ROLES = ("system", "developer", "user", "assistant")
 INSTRUCTION_ROLES = ("system", "developer")
@@ -62,7 +63,22 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         raise invalid("We could not parse the JSON body of your request: send a JSON object.") from exc
     if not isinstance(data, dict):
         raise invalid("The request body must be a JSON object.")
+    if not _storable(data):
+        raise invalid("The request contains a NUL character (\\u0000) or an unpaired surrogate (\\ud800-\\udfff) "
+                      "in a string; remove it and send the request again.")
     return data
+
+
+def _storable(value: Any) -> bool:
+    """Whether every string in the JSON value can be stored and tokenised: Postgres text refuses NUL and UTF-8
+    refuses lone surrogates, which JSON's escapes can still express."""
+    if isinstance(value, str):
+        return is_storable_text(value)
+    if isinstance(value, dict):
+        return all(_storable(key) and _storable(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_storable(item) for item in value)
+    return True
 
 
 def _is_int(value: Any) -> bool:

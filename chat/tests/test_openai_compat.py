@@ -4,6 +4,7 @@ pure and needs no database."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -425,6 +426,29 @@ def test_unknown_v1_path_and_wrong_method_answer_in_openai_shape(live, sdk) -> N
     assert with_newline.status_code == 404 and with_newline.json()["error"]["code"] == "unknown_url"
     assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
     assert not_json.status_code == 400 and "JSON" in not_json.json()["error"]["message"]
+
+
+@live_db
+def test_unstorable_text_is_a_400_and_an_oversized_body_a_413(live, llm) -> None:
+    user = chat_user()
+    headers = {"Authorization": f"Bearer {api_key(user)}", "Content-Type": "application/json"}
+    completions, embeddings = f"{live}/v1/chat/completions", f"{live}/v1/embeddings"
+
+    def message(text: str) -> bytes:  # json.dumps escapes both (\u0000, \ud800), as a client would
+        return json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}).encode()
+
+    for text in ("hi\x00there", "hi\ud800there"):
+        for url, body in ((completions, message(text)),
+                          (embeddings, json.dumps({"model": "all-MiniLM-L6-v2", "input": text}).encode())):
+            response = httpx.post(url, headers=headers, content=body)
+            assert response.status_code == 400, (url, text, response.text)
+            assert "NUL" in response.json()["error"]["message"]
+    oversized = httpx.post(completions, headers=headers, content=message("x" * (11 * 2**20)), timeout=30)
+
+    assert oversized.status_code == 413
+    assert oversized.json()["error"]["code"] == "request_too_large"
+    assert llm.chat_requests == []
+    assert not Message.objects.filter(conversation__owner=user).exists()
 
 
 @live_db

@@ -315,3 +315,23 @@ def test_a_resume_point_past_any_event_id_is_refused_on_both_transports(live, ll
         assert str(events.MAX_SEQ) in refusal.json()["error"]["message"]
     assert refused["type"] == "error" and refused["code"] == "invalid_request"
     assert [event["seq"] for event in replayed] == list(range(1, message.last_seq + 1))  # the socket carries on
+
+
+def test_a_question_postgres_cannot_store_is_refused_and_the_socket_carries_on(live, llm) -> None:
+    user = chat_user()
+    conversation = conversation_create(user=user)
+    llm.configure(text=ANSWER, token_ms=2)
+
+    with ChatSocket(live, conversation.id, user) as socket:
+        refusals = []
+        for question in ("What\x00 does gnuplot draw?", "What \ud800 does gnuplot draw?"):
+            socket.send(type="ask", message=question)
+            refusals.append(socket.recv())
+        socket.send(type="ask", message="What does gnuplot draw?")
+        answered = socket.until("done")
+
+    for refusal in refusals:
+        assert refusal["type"] == "error" and refusal["code"] == "invalid_question"
+        assert "NUL" in refusal["message"]
+    assert answered[-1]["finish_reason"] == "stop"
+    assert Message.objects.filter(conversation=conversation).count() == 2  # only the valid question and its answer
