@@ -292,50 +292,50 @@ def _run(document: Document) -> IngestReport:
     stored = tokens = embedding_tokens = 0
     pages = 0
     progress = 0
-    with _ChunkWriter(document) as writer:
-        for batch in _batched(drafts, settings.INGEST_STORE_BATCH):
-            with clock.stage("embed"):
-                embedded = embedder.embed_documents([embedding_text(document.title, draft) for draft in batch])
-            embedding_tokens += embedded.prompt_tokens
-            rows = [
-                StoredChunk(
-                    ordinal=draft.ordinal,
-                    text=draft.text,
-                    page=draft.page,
-                    heading_path=draft.heading_path,
-                    token_count=draft.token_count,
-                    embedding=vector,
-                )
-                for draft, vector in zip(batch, embedded.vectors, strict=True)
-            ]
-            stored += len(rows)
-            tokens += sum(draft.token_count for draft in batch)
-            pages = max([pages, *(draft.page or 0 for draft in batch)])
-            progress = max(progress, estimate(batch))
-            with clock.stage("store"):
-                writer.store(rows, progress=progress, pages=pages or None, chunks=stored, tokens=tokens)
-            if throttle.due(progress):
-                document.progress, document.pages, document.chunk_count, document.token_count = (
-                    progress,
-                    pages or None,
-                    stored,
-                    tokens,
-                )
-                document_push(document)
+    spent_model = ""
+    try:
+        with _ChunkWriter(document) as writer:
+            for batch in _batched(drafts, settings.INGEST_STORE_BATCH):
+                with clock.stage("embed"):
+                    embedded = embedder.embed_documents([embedding_text(document.title, draft) for draft in batch])
+                embedding_tokens += embedded.prompt_tokens
+                spent_model = embedded.model
+                rows = [
+                    StoredChunk(
+                        ordinal=draft.ordinal,
+                        text=draft.text,
+                        page=draft.page,
+                        heading_path=draft.heading_path,
+                        token_count=draft.token_count,
+                        embedding=vector,
+                    )
+                    for draft, vector in zip(batch, embedded.vectors, strict=True)
+                ]
+                stored += len(rows)
+                tokens += sum(draft.token_count for draft in batch)
+                pages = max([pages, *(draft.page or 0 for draft in batch)])
+                progress = max(progress, estimate(batch))
+                with clock.stage("store"):
+                    writer.store(rows, progress=progress, pages=pages or None, chunks=stored, tokens=tokens)
+                if throttle.due(progress):
+                    document.progress, document.pages, document.chunk_count, document.token_count = (
+                        progress,
+                        pages or None,
+                        stored,
+                        tokens,
+                    )
+                    document_push(document)
+    except BaseException:
+        # A run that stops part-way (the document deleted, a time limit, a failure) has still paid for what it
+        # embedded; the retry that follows, if any, is billed as its own attempt.
+        _embedding_spend_record(document, model=spent_model, tokens=embedding_tokens, clock=clock)
+        raise
     if stored == 0:
         raise IngestionError("No text could be found in this document, so there is nothing to search.")
 
     # Billed before the document turns ready and outside its transaction (the quota counter lives in Redis,
     # which a rollback would not undo); the request id makes a repeated call a no-op.
-    usage_record(
-        user=document.owner,
-        kind="embedding",
-        model=embedded.model,
-        prompt_tokens=embedding_tokens,
-        latency_ms=int(clock.seconds["embed"] * 1000),
-        request_id=f"embed:{document.id}:{document.attempts}",
-        document_id=document.id,
-    )
+    _embedding_spend_record(document, model=spent_model, tokens=embedding_tokens, clock=clock, strict=True)
     with transaction.atomic():
         locked = Document.objects.select_for_update().filter(id=document.id).first()
         if locked is None:
@@ -347,7 +347,7 @@ def _run(document: Document) -> IngestReport:
         locked.pages = pages or None
         locked.chunk_count = stored
         locked.token_count = tokens
-        locked.embedding_model = embedded.model
+        locked.embedding_model = spent_model
         locked.error = ""
         locked.save()
     document_push(locked)
@@ -360,6 +360,29 @@ def _run(document: Document) -> IngestReport:
         embedding_tokens=embedding_tokens,
         seconds=clock.report() | {"total": time.perf_counter() - started},
     )
+
+
+def _embedding_spend_record(
+    document: Document, *, model: str, tokens: int, clock: _StageClock, strict: bool = False
+) -> None:
+    """The run's embedding tokens on the owner's ledger, once per attempt. `strict`: errors propagate (a finished
+    run); otherwise they are logged, so that the error that stopped the run is the one that surfaces."""
+    if not tokens:
+        return
+    try:
+        usage_record(
+            user=document.owner,
+            kind="embedding",
+            model=model,
+            prompt_tokens=tokens,
+            latency_ms=int(clock.seconds["embed"] * 1000),
+            request_id=f"embed:{document.id}:{document.attempts}",
+            document_id=document.id,
+        )
+    except Exception:
+        if strict:
+            raise
+        logger.exception("could not bill the %d embedding tokens of document %s", tokens, document.id)
 
 
 class _ChunkWriter:

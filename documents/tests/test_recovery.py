@@ -15,7 +15,9 @@ import pytest
 from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
+from rest_framework.test import APIClient
 
+from billing.models import UsageRecord
 from documents.models import Chunk, Document
 from documents.services import documents_requeue_stuck
 from documents.services.ingest import _LOCK_NAMESPACE
@@ -122,7 +124,10 @@ def test_document_interrupted_too_often_fails_instead_of_looping(celery_workers,
     assert f"interrupted {settings.INGEST_MAX_ATTEMPTS} times" in document.error
 
 
-def test_deleting_a_document_while_it_is_processed_stops_the_run(celery_workers, post_file, api):
+def test_deleting_a_document_while_it_is_processed_stops_the_run_and_bills_what_it_embedded(
+    celery_workers, post_file, api, other_user, settings
+):
+    settings.INGEST_STORE_BATCH = 8  # a dozen batches: the run is deleted with most of them still to come
     document_id = post_file(_long_text(400), name="long.txt").json()["id"]
     deadline = time.monotonic() + 60
     while not Chunk.objects.filter(document_id=document_id).exists():
@@ -132,7 +137,17 @@ def test_deleting_a_document_while_it_is_processed_stops_the_run(celery_workers,
 
     assert api.delete(f"/api/v1/documents/{document_id}/").status_code == 204
 
-    follow_up = post_file(b"The worker is free again.\n", name="next.txt").json()["id"]
-    assert wait_for(follow_up).status == "ready"
+    # The same file from someone else, processed in full: what the deleted run would have cost had it gone on.
+    someone = APIClient()
+    someone.force_authenticate(other_user)
+    whole = post_file(_long_text(400), name="long.txt", client=someone)
+    assert whole.status_code == 201
+    assert wait_for(whole.json()["id"]).status == "ready"
+    full = UsageRecord.objects.get(document_id=whole.json()["id"], kind="embedding").prompt_tokens
+    deadline = time.monotonic() + 60
+    while not (partial := UsageRecord.objects.filter(document_id=document_id, kind="embedding").first()):
+        assert time.monotonic() < deadline, "the deleted run never billed what it had embedded"
+        time.sleep(0.05)
+    assert 0 < partial.prompt_tokens < full / 2
     assert not Chunk.objects.filter(document_id=document_id).exists()
     assert not Document.objects.filter(id=document_id).exists()
