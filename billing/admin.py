@@ -131,7 +131,8 @@ def _parse_month(value: str | None) -> date | None:
         return timezone.now().date().replace(day=1)
     try:
         year, month = (int(part) for part in value.split("-"))
-        return date(year, month, 1)
+        # The report also reads the months around this one: the first and last years have no neighbours.
+        return date(year, month, 1) if date.min.year < year < date.max.year else None
     except ValueError:
         return None
 

@@ -198,6 +198,15 @@ def test_margin_report_counts_a_deleted_users_cost(admin_client):
     assert [line.name for line in response.context["top_spenders"]] == ["(deleted user)"]
 
 
+@pytest.mark.parametrize("month", ["May 2030", "2030-13", "9999-12", "0001-01", "2030-05-01"])
+def test_margin_report_refuses_a_month_it_cannot_read_and_shows_this_one(admin_client, month):
+    response = admin_client.get(reverse("admin:billing_margin_report"), {"month": month})
+
+    assert response.status_code == 200
+    assert [str(message) for message in response.context["messages"]] == ["Give the month as YYYY-MM."]
+    assert response.context["month"] == f"{timezone.now():%Y-%m}"
+
+
 def test_margin_report_is_for_staff_only():
     response = _logged_in(UserFactory()).get(reverse("admin:billing_margin_report"))
 
