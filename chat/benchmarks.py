@@ -406,7 +406,10 @@ def chat_ttft() -> list[Row]:
 
     model_ttft = statistics.median(run[0] for run in direct) * 1000
     added = [(r.first_token_at - r.sent_at) * 1000 - model_ttft for r in timed]
-    retrieval_ms = [float(retrieval[r.message_id] or 0) for r in timed]
+    missing = [r.message_id for r in timed if retrieval.get(r.message_id) is None]
+    if missing:  # counted as 0 ms it would flatter retrieval and charge its time to transport
+        raise RuntimeError(f"{len(missing)} answers saved no retrieval time (e.g. message {missing[0]})")
+    retrieval_ms = [float(retrieval[r.message_id]) for r in timed]
     transport = [a - b for a, b in zip(added, retrieval_ms, strict=True)]
 
     def lateness(arrivals: list[float]) -> list[float]:

@@ -28,7 +28,7 @@ def test_sockets_accept_their_own_origin_and_refuse_any_other(asgi_server, route
     url = asgi_server.replace("http://", "ws://") + path
 
     with connect(url, origin=asgi_server, additional_headers=_cookie(user), open_timeout=5) as own:
-        own.ping().wait(5)
+        assert own.ping().wait(5)  # the server answers: the socket was accepted and is open
     for origin in ("http://evil.example", asgi_server.replace("127.0.0.1", "127.0.0.1.evil.example")):
         with pytest.raises(InvalidStatus) as refused:
             connect(url, origin=origin, additional_headers=_cookie(user), open_timeout=5)

@@ -136,6 +136,7 @@ def test_empty_input_gives_an_empty_batch(local: LocalEmbedder) -> None:
 
 def test_cached_export_is_reused(local: LocalEmbedder) -> None:
     exported = sorted(MODEL_CACHE.glob("all-MiniLM-L6-v2-int8-*.onnx"))
+    assert exported  # the `local` fixture's embedder exported it
     modified = [path.stat().st_mtime_ns for path in exported]
     again = LocalEmbedder(cache_dir=MODEL_CACHE)
     assert again.runtime == "onnx-int8"
@@ -291,12 +292,18 @@ def test_openai_retries_a_429_then_succeeds(fake: FakeOpenAI, sleeps: SleepRecor
     assert sleeps.calls == [2.0]  # the provider's Retry-After
 
 
-def test_openai_backs_off_exponentially_on_5xx_without_retry_after(fake: FakeOpenAI, sleeps: SleepRecorder) -> None:
+def test_openai_backs_off_exponentially_on_5xx_without_retry_after(
+    fake: FakeOpenAI, sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake.enqueue(endpoint="embeddings", error=500, retry_after=None)
     fake.enqueue(endpoint="embeddings", error=502, retry_after=None)
+    ceilings: list[float] = []
+    # Full jitter: each wait is drawn below a ceiling that doubles; the draw itself is the top of its range.
+    monkeypatch.setattr("documents.embedding.random.uniform", lambda low, high: ceilings.append(high) or high)
     _openai(fake, sleeps, backoff_s=1.0).embed_documents(TEXTS[:1])
     assert len(fake.embedding_requests) == 3
-    assert 0 <= sleeps.calls[0] <= 1.0 and 0 <= sleeps.calls[1] <= 2.0
+    assert ceilings == [1.0, 2.0]
+    assert sleeps.calls == [1.0, 2.0]
 
 
 def test_openai_caps_a_long_retry_after(fake: FakeOpenAI, sleeps: SleepRecorder) -> None:

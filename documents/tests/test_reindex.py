@@ -52,6 +52,7 @@ def test_reindex_sync_reembeds_into_one_fresh_chunk_set(post_file, user):
     second = list(Chunk.objects.filter(document_id=document_id).values_list("id", "ordinal"))
     assert document.status == "ready"
     assert first and not first & {chunk_id for chunk_id, _ in second}
+    assert len(second) == len(first) == document.chunk_count
     assert sorted(ordinal for _, ordinal in second) == list(range(document.chunk_count))
 
 

@@ -40,6 +40,7 @@ def test_page_lists_own_documents_with_status_and_errors(browser, post_file, oth
     theirs = Client()
     theirs.force_login(other_user)
     theirs.post(reverse("document_upload"), {"file": _named(b"their secret notes\n", "theirs.txt")})
+    assert Document.objects.filter(owner=other_user, filename="theirs.txt").exists()
 
     response = browser.get(reverse("documents"))
 
