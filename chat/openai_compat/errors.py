@@ -118,7 +118,7 @@ def from_exception(exc: BaseException) -> OpenAIError | None:
         return OpenAIError(404, "Not found.", code="not_found")
     if isinstance(exc, RequestDataTooBig):
         return OpenAIError(413, f"The request body is over the {settings.DATA_UPLOAD_MAX_MEMORY_SIZE // 2**20} MB "
-                                "this API accepts; send less text per request.", code="request_too_large")
+                                "this API accepts; send less text per request.", code="too_large")
     if isinstance(exc, exceptions.APIException):
         return OpenAIError(exc.status_code, str(exc.detail), type=_type_for(exc.status_code))
     return None

@@ -446,7 +446,7 @@ def test_unstorable_text_is_a_400_and_an_oversized_body_a_413(live, llm) -> None
     oversized = httpx.post(completions, headers=headers, content=message("x" * (11 * 2**20)), timeout=30)
 
     assert oversized.status_code == 413
-    assert oversized.json()["error"]["code"] == "request_too_large"
+    assert oversized.json()["error"]["code"] == "too_large"
     assert llm.chat_requests == []
     assert not Message.objects.filter(conversation__owner=user).exists()
 

@@ -1,0 +1,86 @@
+"""A ceiling on HTTP request bodies, enforced while they arrive.
+
+Django's ASGI handler reads a whole body into a spooled temporary file before any middleware or view runs, and
+uvicorn sets no limit of its own: without this, anyone could stream gigabytes to disk (any URL, no login) long
+before an upload view answered 413. The ceiling is the largest file the server accepts plus room for the
+multipart envelope; every other body is far smaller (the JSON APIs stop at DATA_UPLOAD_MAX_MEMORY_SIZE)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+
+_ENVELOPE_BYTES = 1024 * 1024
+
+
+def max_body_bytes() -> int:
+    return settings.MAX_UPLOAD_MB * 1024 * 1024 + _ENVELOPE_BYTES
+
+
+class RequestBodyLimit:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = max_body_bytes()
+        declared = _content_length(scope)
+        if declared is not None:
+            # The server reads exactly the declared length, so a body within it needs no watching.
+            if declared > limit:
+                return await _refuse(send, limit)
+            return await self.app(scope, receive, send)
+
+        received = 0
+        over = started = False
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal received, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # To Django a client that went away: it stops reading and answers nothing.
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tracked_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if over and not started:
+                return  # the refusal below answers instead
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, limited_receive, tracked_send)
+        if over and not started:
+            await _refuse(send, limit)
+
+
+def _content_length(scope: dict[str, Any]) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _refuse(send: Any, limit: int) -> None:
+    body = json.dumps({"error": {
+        "code": "too_large",
+        "type": "invalid_request_error",
+        "message": f"The request body is over the {limit // (1024 * 1024)} MB this server accepts; "
+                   f"files may be up to {settings.MAX_UPLOAD_MB} MB.",
+    }}).encode()
+    await send({"type": "http.response.start", "status": 413, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]})
+    await send({"type": "http.response.body", "body": body})
