@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import threading
@@ -351,15 +352,28 @@ def llm_reserve(
         plan = limits.plan.name if limits.plan is not None else subscription.plan.name
         priced = priced_models(kind=ModelPrice.Kind.CHAT)
         raise ModelNotAllowed(model=model, plan=plan, allowed=[m for m in limits.chat_models if m in priced])
-    return _reserve(user=user, subscription=subscription, limits=limits, tokens=prompt_tokens + max_tokens,
+    lim = limiter_limits(subscription=subscription, limits=limits)
+    return _reserve(user=user, subscription=subscription, lim=lim, tokens=prompt_tokens + max_tokens,
                     request_id=request_id, stream=stream)
 
 
+def embedding_reserve(*, user: User, tokens: int, request_id: str) -> Reservation:
+    """Admits an embedding call of a known size against the monthly quota, atomically across processes, and
+    charges it (settle with `llm_settle(kind="embedding")`, or `llm_release` if it fails). A check followed by
+    a later record let parallel calls all pass against the same remaining quota. The per-minute budgets and
+    stream slots stay chat's, as for ingestion."""
+    subscription, limits = _admission(user)
+    lim = dataclasses.replace(limiter_limits(subscription=subscription, limits=limits),
+                              rpm=None, tpm=None, concurrent_streams=None)
+    return _reserve(user=user, subscription=subscription, lim=lim, tokens=tokens, request_id=request_id,
+                    stream=False)
+
+
 def _reserve(
-    *, user: User, subscription: Subscription, limits: EffectiveLimits, tokens: int, request_id: str, stream: bool
+    *, user: User, subscription: Subscription, lim: limiter.Limits, tokens: int, request_id: str, stream: bool
 ) -> Reservation:
     try:
-        return _reserve_in_redis(user=user, subscription=subscription, limits=limits, tokens=tokens,
+        return _reserve_in_redis(user=user, subscription=subscription, lim=lim, tokens=tokens,
                                  request_id=request_id, stream=stream)
     except RedisError as exc:
         logger.error("limiter unavailable, refusing %s: %s", request_id, exc)
@@ -367,10 +381,9 @@ def _reserve(
 
 
 def _reserve_in_redis(
-    *, user: User, subscription: Subscription, limits: EffectiveLimits, tokens: int, request_id: str, stream: bool
+    *, user: User, subscription: Subscription, lim: limiter.Limits, tokens: int, request_id: str, stream: bool
 ) -> Reservation:
     redis, config = counters.redis_client(), counters.limiter_config()
-    lim = limiter_limits(subscription=subscription, limits=limits)
     try:
         return limiter.reserve(redis, user_id=user.pk, limits=lim, tokens=tokens, request_id=request_id,
                                stream=stream, config=config)

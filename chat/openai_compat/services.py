@@ -13,8 +13,9 @@ import time
 import uuid
 
 from accounts.models import User
+from billing.models import UsageRecord
 from billing.selectors import allowed_models
-from billing.services import quota_check, usage_record
+from billing.services import embedding_reserve, llm_release, llm_settle
 from chat.models import Conversation, Message
 from chat.openai_compat.errors import OpenAIError, invalid, model_not_found
 from chat.openai_compat.parsing import CompletionRequest, EmbeddingRequest
@@ -85,15 +86,20 @@ def embeddings_create(*, user: User, request: EmbeddingRequest) -> EmbeddingBatc
         if tokens > embedder.max_input_tokens:
             raise invalid(f"input[{index}] has {tokens} tokens; {embedder.model} reads at most "
                           f"{embedder.max_input_tokens}. Split it into shorter texts.", param=f"input[{index}]")
-    quota_check(user=user, tokens=sum(counts))
+    request_id = f"emb-{uuid.uuid4().hex}"
+    reservation = embedding_reserve(user=user, tokens=sum(counts), request_id=request_id)
     started = time.perf_counter()
     try:
         batch = embedder.embed_documents(request.inputs)
-    except TransientIngestionError as exc:
-        raise OpenAIError(503, "The embedding service is unavailable or rate limited; try again shortly.",
-                          type="server_error", code="embedding_unavailable") from exc
-    except IngestionError as exc:
-        raise invalid("The embedding service rejected this input.") from exc
-    usage_record(user=user, kind="embedding", model=batch.model, prompt_tokens=batch.prompt_tokens,
-                 latency_ms=round((time.perf_counter() - started) * 1000), request_id=f"emb-{uuid.uuid4().hex}")
+    except BaseException as exc:
+        llm_release(reservation=reservation)
+        if isinstance(exc, TransientIngestionError):
+            raise OpenAIError(503, "The embedding service is unavailable or rate limited; try again shortly.",
+                              type="server_error", code="embedding_unavailable") from exc
+        if isinstance(exc, IngestionError):
+            raise invalid("The embedding service rejected this input.") from exc
+        raise
+    llm_settle(reservation=reservation, user=user, model=batch.model, prompt_tokens=batch.prompt_tokens,
+               completion_tokens=0, latency_ms=round((time.perf_counter() - started) * 1000),
+               request_id=request_id, kind=UsageRecord.Kind.EMBEDDING)
     return batch

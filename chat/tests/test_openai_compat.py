@@ -5,6 +5,7 @@ pure and needs no database."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -390,6 +391,35 @@ def test_embeddings_refuse_an_exhausted_quota(sdk) -> None:
 
     assert caught.value.body["type"] == "insufficient_quota"
     assert not UsageRecord.objects.filter(user=user).exists()
+
+
+@live_db
+def test_parallel_embeddings_cannot_overshoot_the_quota_together(sdk) -> None:
+    embedder = configured_embedder()
+    text = "bleed the radiators every autumn"
+    tokens = embedder.embed_documents([text]).prompt_tokens
+    user = chat_user(monthly_token_quota=3 * tokens + tokens // 2)  # room for three calls, not four
+    barrier = threading.Barrier(10)
+    admitted, refused, errors = [], [], []
+
+    def call(client: OpenAI) -> None:
+        try:
+            barrier.wait(timeout=30)
+            admitted.append(client.embeddings.create(model=embedder.model, input=text).usage.prompt_tokens)
+        except openai.RateLimitError as exc:
+            refused.append(exc.body["type"])
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(sdk(user),)) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    assert (admitted, refused) == ([tokens] * 3, ["insufficient_quota"] * 7)
+    assert sorted(UsageRecord.objects.filter(user=user).values_list("prompt_tokens", flat=True)) == [tokens] * 3
 
 
 @live_db
