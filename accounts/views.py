@@ -25,6 +25,7 @@ def ratelimited(request: HttpRequest, exception: Exception) -> HttpResponse:
     return response
 
 
+@ratelimit(key="ip", rate=settings.SIGNUP_RATE, method="POST", block=True)
 def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect(settings.LOGIN_REDIRECT_URL)

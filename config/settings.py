@@ -262,6 +262,8 @@ SPECTACULAR_SETTINGS = {
 RATELIMIT_VIEW = "accounts.views.ratelimited"
 RATELIMIT_USE_CACHE = "default"
 LOGIN_RATE = env("LOGIN_RATE", "10/m")
+# New accounts per client address: each comes with the free plan's quota, so unlimited sign-ups would multiply it.
+SIGNUP_RATE = env("SIGNUP_RATE", "10/h")
 API_KEY_FAILURE_RATE = env("API_KEY_FAILURE_RATE", "20/m")
 
 # Celery: two queues, sized for their work (see the Makefile / docker-compose for the worker commands).

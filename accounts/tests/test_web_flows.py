@@ -91,6 +91,22 @@ def test_login_brute_force_is_answered_with_429(client, settings, ratelimit_cloc
     assert response["Retry-After"]
 
 
+def test_sign_ups_from_one_address_are_limited_with_429(client, settings, ratelimit_clock_stopped):
+    allowed = int(settings.SIGNUP_RATE.split("/")[0])
+    for index in range(allowed):
+        form = {"email": f"user{index}@example.com", "password1": PASSWORD, "password2": PASSWORD}
+        assert client.post(reverse("signup"), form).status_code == 302
+        client.post(reverse("logout"))
+
+    response = client.post(reverse("signup"), {"email": "one.more@example.com", "password1": PASSWORD,
+                                               "password2": PASSWORD})
+
+    assert response.status_code == 429
+    assert response["Retry-After"]
+    assert User.objects.count() == allowed
+    assert client.get(reverse("signup")).status_code == 200  # the form itself is still shown
+
+
 def test_web_api_key_page_shows_a_new_key_once_and_revokes(client):
     user = UserFactory()
     client.force_login(user)
