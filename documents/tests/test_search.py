@@ -85,11 +85,18 @@ def test_semantic_question_finds_the_fact_that_answers_it(user):
 
 
 def test_exact_code_found_through_the_keyword_half(user):
-    ready_document(user, FACTS)
+    # The gasket's vector points away from the question's, so the vector half ranks it last: only the keyword
+    # half can bring it to the top.
+    vectors = configured_embedder().embed_documents(FACTS).vectors
+    vectors[4] = -configured_embedder().embed_query("XQ-4471").vectors[0]
+    document = ready_document(user, FACTS, vectors=vectors)
 
     result = chunk_search(user=user, query="XQ-4471", k=2)
 
     assert result.hits[0].text == FACTS[4]
+    by_vector = nearest_chunk_ids(owner_id=user.id, document_ids=[document.id], vector=-vectors[4], limit=6,
+                                  exact=True)
+    assert by_vector[-1] == Chunk.objects.get(document=document, ordinal=4).id
 
 
 def test_keyword_half_finds_an_exact_code_alone(user):
