@@ -76,13 +76,21 @@ class NotCancellable(ChatError):
     code = "not_cancellable"
 
 
-def _relaxed_commit() -> None:
+def _relaxed_commit(*, conversation_id: int | None = None) -> None:
     """Inside a transaction on the first-token path: commit without waiting for the WAL flush (~4 ms here).
 
     A Postgres crash may then lose the last fraction of a second of such commits, never corrupt anything;
-    the ledger (billing) and the final save of an answer keep synchronous commits."""
+    the ledger (billing) and the final save of an answer keep synchronous commits.
+
+    With `conversation_id`, also hold that conversation's lock until the commit, in the same round trip:
+    questions asked at once in one conversation (two tabs, parallel API calls) are then stored one after the
+    other, so that an answer's row always follows its own question's, which is how the worker finds it."""
+    sql = "SET LOCAL synchronous_commit TO OFF"
+    if conversation_id is not None:
+        # The one-key form: a lock space apart from ingestion's two-key document locks.
+        sql += f"; SELECT pg_advisory_xact_lock({int(conversation_id)}::bigint)"
     with connection.cursor() as cursor:
-        cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        cursor.execute(sql)
 
 
 def conversation_create(*, user: User, title: str = "") -> Conversation:
@@ -287,7 +295,7 @@ def _ask(
                               request_id=request_id, stream=True)
     try:
         with transaction.atomic():
-            _relaxed_commit()
+            _relaxed_commit(conversation_id=conversation.id if conversation is not None else None)
             if conversation is None:
                 conversation = Conversation.objects.create(owner=user, title=_title(question))
             earlier = [Message(conversation=conversation, role=role, content=text, content_tokens=tokens,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 from django.db import connection
@@ -103,3 +105,47 @@ def test_the_claim_and_the_record_commit_without_waiting_for_a_wal_flush(prices)
     _answer_record(answer.id, prompt_tokens=321, retrieval_ms=7)
     assert _wal_fsyncs() - before == 0
     assert Message.objects.values_list("prompt_tokens", "retrieval_ms").get(id=answer.id) == (321, 7)
+
+
+def test_questions_asked_at_once_in_one_conversation_each_get_their_own_answer(prices, llm, monkeypatch) -> None:
+    user = chat_user()
+    conversation = conversation_create(user=user)
+    store = Message.objects.bulk_create
+
+    def one_row_at_a_time(rows, **kwargs):  # a pause between rows, where two asks at once would interleave
+        stored = []
+        for row in rows:
+            stored += store([row], **kwargs)
+            time.sleep(0.05)
+        return stored
+
+    monkeypatch.setattr(Message.objects, "bulk_create", one_row_at_a_time)
+    barrier = threading.Barrier(2)
+    answers, errors = {}, []
+
+    def ask(question: str) -> None:
+        try:
+            barrier.wait(timeout=10)
+            answers[question] = chat_ask(user=user, question=question, conversation=conversation)
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=ask, args=(question,)) for question in ("Boiler?", "Radiators?")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    llm.configure(text="An answer.")
+    for answer in answers.values():
+        answer_generate(message_id=answer.id)
+
+    assert errors == []
+    roles = list(Message.objects.filter(conversation=conversation).order_by("id").values_list("role", flat=True))
+    assert roles == ["user", "assistant", "user", "assistant"]
+    for question, answer in answers.items():
+        saved = Message.objects.get(id=answer.id)
+        assert (saved.status, saved.finish_reason, saved.error_code) == ("done", "stop", "")
+        sent = next(r for r in llm.chat_requests if r.body["messages"][-1]["content"] == question)
+        assert sent.status == 200
