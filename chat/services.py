@@ -448,6 +448,7 @@ async def _generate(runtime: Runtime, message_id: int) -> None:
     except Exception:
         logger.exception("could not save answer %s", message_id)
         _close_unsaved(job, outcome)
+        raise  # the task runs again and saves what was streamed, as after a worker crash
 
 
 async def _prepare(runtime: Runtime, message_id: int) -> Job | None:
@@ -656,11 +657,15 @@ def _answer_interrupted(message: Message) -> None:
     key = events.stream_key(message.id)
     entries = events.redis_client().xrange(key)
     parts, seq, ended = [], 1, False
+    error = ("interrupted", "The answer was interrupted by a server restart; please ask again.")
     for entry_id, fields in entries:
         if fields[b"t"] == b"token":
             seq = int(entry_id.split(b"-", 1)[0])
             parts.append(json.loads(fields[b"e"])["text"])
-        ended = ended or fields[b"t"] == b"done"  # the stream was closed but the save was lost
+        elif fields[b"t"] == b"error":  # the stream was closed but the save was lost: saved as its readers saw it
+            closed = json.loads(fields[b"e"])
+            error = (closed["code"], closed["message"])
+        ended = ended or fields[b"t"] == b"done"
     text = "".join(parts)
     reservation = reservation_load(message.reservation)
     cost = Decimal(0)
@@ -675,10 +680,9 @@ def _answer_interrupted(message: Message) -> None:
             llm_release(reservation=reservation)
     except Exception:
         logger.exception("could not settle interrupted answer %s", message.id)
-    _answer_save(message, content=text, finish_reason=Message.FinishReason.ERROR,
-                 error=("interrupted", "The answer was interrupted by a server restart; please ask again."),
-                 citations=[], prompt_tokens=message.prompt_tokens if text else 0,
-                 completion_tokens=completion_tokens, cost=cost, seq=seq, emit=not ended)
+    _answer_save(message, content=text, finish_reason=Message.FinishReason.ERROR, error=error, citations=[],
+                 prompt_tokens=message.prompt_tokens if text else 0, completion_tokens=completion_tokens, cost=cost,
+                 seq=seq, emit=not ended)
 
 
 def _answer_finish(job: Job, outcome: Outcome) -> None:

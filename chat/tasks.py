@@ -6,17 +6,25 @@ import threading
 
 from celery import shared_task
 from celery.signals import worker_ready
+from django.conf import settings
 
 from chat.services import answer_generate, warm_up
 
 logger = logging.getLogger(__name__)
 
 
-# No Celery retries: the answer settles its own failures (error event, reservation released or settled), and a
-# redelivery after a worker crash finishes the interrupted answer instead of starting it again.
-@shared_task(bind=True, acks_late=True, max_retries=0, ignore_result=True)
+# The answer settles the model's failures itself (error event, reservation released or settled). What reaches
+# here is the database or Redis failing while the answer was claimed, prepared or saved; a run again, a few
+# seconds later, answers one still pending and closes one left streaming with what it streamed (as after a
+# worker crash), so that no answer stays unfinished with its reservation held.
+@shared_task(bind=True, acks_late=True, max_retries=settings.CHAT_TASK_MAX_RETRIES, ignore_result=True)
 def generate_answer(self, message_id: int) -> None:
-    answer_generate(message_id=message_id)
+    try:
+        answer_generate(message_id=message_id)
+    except Exception as exc:
+        logger.warning("answer %s failed (%s); run again, attempt %d", message_id, exc, self.request.retries + 1)
+        delay = settings.CHAT_TASK_RETRY_BACKOFF_SECONDS * 2**self.request.retries
+        raise self.retry(exc=exc, countdown=delay) from exc
 
 
 @worker_ready.connect

@@ -234,3 +234,73 @@ def test_long_stream_keeps_its_concurrency_slot_with_heartbeats(live, llm, setti
 
     assert second.status_code == 429 and second.json()["error"]["limit"] == "concurrency"
     assert finish["data"]["finish_reason"] == "stop"
+
+
+def _failing_once(monkeypatch, name: str, error: Exception) -> list[int]:
+    """Makes chat.services.`name` raise `error` on its first call only; returns the list of its calls."""
+    import chat.services
+
+    real, calls = getattr(chat.services, name), []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chat.services, name, flaky)
+    return calls
+
+
+def _wait_finished(message_id: int, timeout: float = 20) -> Message:
+    deadline = time.monotonic() + timeout
+    while (message := Message.objects.get(id=message_id)).status != Message.Status.DONE:
+        assert time.monotonic() < deadline, f"answer {message_id} is still {message.status}"
+        time.sleep(0.05)
+    return message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_answer_whose_claim_failed_on_the_database_is_answered_by_a_second_run(
+    live, llm, settings, monkeypatch
+) -> None:
+    from django.db import OperationalError
+
+    settings.CHAT_TASK_RETRY_BACKOFF_SECONDS = 0.1
+    calls = _failing_once(monkeypatch, "_answer_head", OperationalError("the database went away"))
+    user = chat_user()
+    llm.configure(text=ANSWER)
+
+    conversation = conversation_create(user=user)
+    answer = chat_ask(user=user, question="How often is the boiler serviced?", conversation=conversation)
+    saved = _wait_finished(answer.id)
+
+    assert len(calls) == 2
+    assert (saved.finish_reason, saved.error_code, saved.content) == ("stop", "", ANSWER)
+    assert UsageRecord.objects.get(request_id=saved.request_id).completion_tokens == saved.completion_tokens > 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_answer_whose_save_failed_is_saved_by_a_second_run_as_its_readers_saw_it(
+    live, llm, settings, monkeypatch
+) -> None:
+    from django.db import OperationalError
+
+    settings.CHAT_TASK_RETRY_BACKOFF_SECONDS = 0.1
+    calls = _failing_once(monkeypatch, "_answer_finish", OperationalError("the database went away"))
+    user = chat_user()
+    conversation = conversation_create(user=user)
+    llm.configure(text=ANSWER, token_ms=2)
+
+    with ChatSocket(live, conversation.id, user) as socket:
+        socket.send(type="ask", message="How often is the boiler serviced?")
+        received = socket.until("done")
+    saved = _wait_finished(received[0]["message_id"])
+
+    assert len(calls) == 1  # the second run closes the answer instead of streaming it again
+    assert len(llm.chat_requests) == 1
+    error = next(event for event in received if event["type"] == "error")
+    assert (saved.content, saved.error_code, saved.error_message) == (ANSWER, error["code"], error["message"])
+    assert saved.last_seq == received[-1]["seq"]
+    record = UsageRecord.objects.get(request_id=saved.request_id)
+    assert record.completion_tokens == saved.completion_tokens > 0  # what was streamed is billed once
