@@ -161,8 +161,10 @@ def _new_async_client() -> aioredis.Redis:
 
 
 def _generation_ttl() -> int:
-    # While an answer is generated its stream must outlive the longest allowed task.
-    return int(settings.CELERY_TASK_TIME_LIMIT) + settings.CHAT_STREAM_TTL_SECONDS
+    # While an answer is generated its stream must outlive the longest allowed task (queue wait included): the
+    # threads pool does not enforce the task limit, but an answer stops streaming after CHAT_ANSWER_MAX_SECONDS.
+    longest = max(settings.CELERY_TASK_TIME_LIMIT, settings.CHAT_ANSWER_MAX_SECONDS)
+    return int(longest) + settings.CHAT_STREAM_TTL_SECONDS
 
 
 def append(message_id: int, events: list[Event], *, final: bool = False) -> None:

@@ -528,7 +528,10 @@ async def _stream(runtime: Runtime, job: Job) -> Outcome:
                             question=job.question, sources=job.prompt.sources)
     try:
         provider = get_provider()
-        async with contextlib.aclosing(provider.stream(request, outcome.completion)) as deltas:
+        # A model that keeps its connection alive without finishing (keep-alive comments, a hung server) would
+        # otherwise hold the answer, its slot and its reservation for as long as it likes.
+        async with asyncio.timeout(settings.CHAT_ANSWER_MAX_SECONDS), \
+                contextlib.aclosing(provider.stream(request, outcome.completion)) as deltas:
             async for text in deltas:
                 seq += 1
                 parts.append(text)
@@ -540,6 +543,10 @@ async def _stream(runtime: Runtime, job: Job) -> Outcome:
                     await asyncio.sleep(0)
     except asyncio.CancelledError:
         outcome.cancelled = True
+    except TimeoutError:
+        minutes = settings.CHAT_ANSWER_MAX_SECONDS / 60
+        outcome.error = ProviderError("timeout", f"The model took longer than {minutes:g} minutes and was stopped; "
+                                                 "the part received so far was kept.")
     except ProviderError as exc:
         outcome.error = exc
     except Exception as exc:

@@ -371,6 +371,8 @@ CHAT_CONTEXT_TOKENS = env_int("CHAT_CONTEXT_TOKENS", 3000)
 CHAT_RETRIEVAL_K = env_int("CHAT_RETRIEVAL_K", 8)
 # An answer whose database or Redis work failed runs again after 1, 2, 4, 8 and 16 s (see chat/tasks.py).
 CHAT_TASK_MAX_RETRIES = env_int("CHAT_TASK_MAX_RETRIES", 5)
+# The longest an answer may stream; the model is then stopped and the part received kept (error `timeout`).
+CHAT_ANSWER_MAX_SECONDS = float(env("CHAT_ANSWER_MAX_SECONDS", "600"))
 CHAT_TASK_RETRY_BACKOFF_SECONDS = float(env("CHAT_TASK_RETRY_BACKOFF_SECONDS", "1"))
 CHAT_MAX_QUESTION_CHARS = env_int("CHAT_MAX_QUESTION_CHARS", 8000)
 # Events of one answer stay in Redis this long after it ends, for late and reconnecting clients.

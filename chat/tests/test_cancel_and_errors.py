@@ -175,6 +175,27 @@ def test_stream_dropped_after_the_first_token_ends_with_an_error_and_bills_the_p
 
 
 @pytest.mark.django_db(transaction=True)
+def test_an_answer_past_its_time_limit_stops_the_model_and_keeps_the_part_received(live, llm, settings) -> None:
+    settings.CHAT_ANSWER_MAX_SECONDS = 1.0
+    user = chat_user()
+    conversation = conversation_create(user=user)
+    llm.configure(tokens=400, token_ms=20)  # 8 s of answer
+
+    with ChatSocket(live, conversation.id, user) as socket:
+        socket.send(type="ask", message="Go on and on.")
+        received = socket.until("done", timeout=10)
+
+    error = next(event for event in received if event["type"] == "error")
+    assert error["code"] == "timeout" and "longer than" in error["message"]
+    llm.wait_until(lambda: llm.cancelled, timeout=2)
+    assert 10 < llm.cancelled[0].tokens_sent < 400  # the model was stopped, not left generating
+    partial = token_text(received)
+    message = Message.objects.get(id=received[0]["message_id"])
+    assert (message.content, message.error_code, message.finish_reason) == (partial, "timeout", "error")
+    assert UsageRecord.objects.get(request_id=message.request_id).completion_tokens == count_tokens(partial) > 0
+
+
+@pytest.mark.django_db(transaction=True)
 def test_waiting_api_call_answers_502_when_the_model_refuses(live, llm) -> None:
     user = chat_user()
     llm.enqueue(error=400, error_message="Unsupported parameter")
