@@ -452,12 +452,13 @@ async def follow(
                 if item.type == TERMINAL:
                     return
             if not batch:
-                if not await client.exists(key):
-                    closing = await _closing_from_database(load_message, after=follower.last)
-                    if closing is not None:
-                        for item in closing:
-                            yield item
-                        return
+                # Quiet for a whole heartbeat: the saved answer may be finished although its stream never got
+                # the closing events (Redis was down when they were written), or the stream expired.
+                closing = await _closing_from_database(load_message, after=follower.last)
+                if closing is not None:
+                    for item in closing:
+                        yield item
+                    return
                 yield None
     finally:
         hub.remove(follower)

@@ -335,3 +335,35 @@ def test_a_question_postgres_cannot_store_is_refused_and_the_socket_carries_on(l
         assert "NUL" in refusal["message"]
     assert answered[-1]["finish_reason"] == "stop"
     assert Message.objects.filter(conversation=conversation).count() == 2  # only the valid question and its answer
+
+
+def test_a_reader_is_closed_from_the_saved_answer_when_the_stream_never_got_its_end(
+    live, llm, settings, monkeypatch
+) -> None:
+    settings.CHAT_SSE_HEARTBEAT_SECONDS = 0.5
+    real_append = events.append
+
+    def lost_end(message_id, items, *, final=False):  # Redis "down" just when the closing events are written
+        if not final:
+            real_append(message_id, items, final=final)
+
+    monkeypatch.setattr(events, "append", lost_end)
+    user = chat_user()
+    llm.configure(text=ANSWER, token_ms=2)
+
+    with httpx.stream("POST", f"{live}/api/v1/chat/", json={"message": "What does gnuplot draw?"},
+                      headers={"Authorization": f"Bearer {api_key(user)}", "Accept": "text/event-stream"},
+                      timeout=10) as response:
+        deadline = time.monotonic() + 10  # heartbeats would keep a stream without its end open for good
+
+        def lines():
+            for line in response.iter_lines():
+                assert time.monotonic() < deadline, "the reader was never closed"
+                yield line
+
+        received = sse_events(lines())
+
+    message = Message.objects.get(id=received[0]["data"]["message_id"])
+    assert [event["event"] for event in received[-2:]] == ["citations", "done"]
+    assert received[-1]["data"]["content"] == ANSWER == message.content
+    assert [int(event["id"]) for event in received] == list(range(1, message.last_seq + 1))
