@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+import string
 import struct
 import zlib
 from collections.abc import Sequence
@@ -535,6 +536,21 @@ HTML_CHROME_MARKERS = (
     "Sample page title",
     "DISPLAY NONE DIV",
 )
+
+
+def docx_run_flood(runs: int = 400_000) -> bytes:
+    """One paragraph of `runs` tiny runs (~16x its unpacked size as a parser tree kept whole). Random words keep
+    the archive under the zip-bomb guard's ratio, as a real attack would."""
+    rng = random.Random(7)
+    words = ("".join(rng.choice(string.ascii_lowercase) for _ in range(3)) for _ in range(runs))
+    flood = "".join(f'<w:r><w:t xml:space="preserve">{word} </w:t></w:r>' for word in words)
+    return _docx(_part("document", f"<w:body><w:p>{flood}</w:p>{_p('After the flood.')}</w:body>"))
+
+
+def html_hidden_flood(elements: int = 600_000) -> bytes:
+    """A hidden block holding `elements` tiny elements, then visible text (~30x its size as a tree kept whole)."""
+    flood = "<i>ab</i>" * elements
+    return f"<html><body><div hidden>{flood}</div><p>After the flood.</p></body></html>".encode()
 
 
 def sample_html() -> bytes:

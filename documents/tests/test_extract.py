@@ -487,3 +487,36 @@ def test_garbage_in_any_format_raises_only_ingestion_errors(tmp_path, kind):
         assert error.message.endswith(".")
     else:
         assert all("\x00" not in section.text for section in sections)
+
+
+_MEASURE_EXTRACTION = """
+import json, sys
+from pathlib import Path
+from documents.ingestion.extract import ExtractionLimits, extract_sections
+from documents.ingestion.types import Kind
+def peak_mb():  # VmHWM: this process' own peak (ru_maxrss starts from the parent's at the fork)
+    line = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+before = peak_mb()
+text = "".join(s.text for s in extract_sections(Path(sys.argv[1]), Kind(sys.argv[2]), limits=ExtractionLimits()))
+print(json.dumps({"grown_mb": peak_mb() - before, "tail": text[-40:]}))
+"""
+
+
+@pytest.mark.parametrize(("name", "kind", "builder"), [
+    ("flood.docx", Kind.DOCX, hostile_files.docx_run_flood),
+    ("flood.html", Kind.HTML, hostile_files.html_hidden_flood),
+])
+def test_a_flood_of_tiny_elements_is_read_in_flat_memory(tmp_path, name, kind, builder):
+    """Run in a process of its own, whose peak RSS is this extraction's alone."""
+    import json
+    import subprocess
+    import sys
+
+    path = _write(tmp_path, name, builder())
+    done = subprocess.run([sys.executable, "-c", _MEASURE_EXTRACTION, str(path), kind.value],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2], check=True)
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert measured["tail"].endswith("After the flood.")
+    assert measured["grown_mb"] < 60, measured  # kept whole, the tree grew by 170-300 MB

@@ -177,8 +177,11 @@ def extract_html(path: Path, *, limits: ExtractionLimits, budget: CharBudget) ->
         if event == "end" and element.getparent() is None:
             root_closed = True
         if skip_root is not None:
-            if event == "end" and element is skip_root:
-                skip_root = None
+            if event == "end":
+                # Nothing in a skipped subtree is read: released as it ends, or a hidden <div> holding
+                # millions of elements would be kept whole until it closed (~30x the upload's size).
+                if element is skip_root:
+                    skip_root = None
                 _release(element)
             return
         if event == "start":
