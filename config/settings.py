@@ -347,6 +347,8 @@ CELERY_BEAT_SCHEDULE = {
     "documents-requeue-stuck": {
         "task": "documents.tasks.requeue_stuck_documents",
         "schedule": float(INGEST_SWEEP_EVERY_SECONDS),
+        # Behind busy ingest workers, a sweep not run before the next one is due is dropped, not piled up.
+        "options": {"expires": float(INGEST_SWEEP_EVERY_SECONDS)},
     },
 }
 # ---- end documents ----

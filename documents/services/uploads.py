@@ -14,6 +14,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import Count, Sum
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from accounts.models import User
 from billing.services import limits_check_upload
@@ -196,7 +197,9 @@ def _enqueue_ingest(document_id: int) -> None:
 
 def document_requeue(*, document: Document, reset_attempts: bool = False) -> Document:
     """Put a document back in the queue (a retry by its owner, an admin action or a reindex)."""
-    updates: dict = {"status": Document.Status.QUEUED, "error": "", "progress": 0, "processing_started_at": None}
+    # updated_at too (update() skips auto_now): the stuck sweep would otherwise queue it a second time at once.
+    updates: dict = {"status": Document.Status.QUEUED, "error": "", "progress": 0, "processing_started_at": None,
+                     "updated_at": timezone.now()}
     if reset_attempts:
         updates["attempts"] = 0
     with transaction.atomic():

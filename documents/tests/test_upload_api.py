@@ -5,17 +5,20 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 from django.db import connection
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.services import api_key_create
 from billing.models import Plan
 from billing.services import catalog_ensure
 from documents.models import Chunk, Document, LexemeCount
+from documents.services import documents_requeue_stuck
 from documents.services.store import StoredChunk, chunks_copy, lexeme_counts_store
 from documents.tests import hostile_files
 
@@ -94,13 +97,15 @@ def test_identical_content_from_another_user_is_their_own_document(post_file, ot
 
 def test_uploading_a_failed_document_again_queues_it_again(post_file, user):
     first = post_file(hostile_files.sample_pdf()).json()
-    Document.objects.filter(id=first["id"]).update(status="failed", error="boom", attempts=3)
+    yesterday = timezone.now() - timedelta(days=1)
+    Document.objects.filter(id=first["id"]).update(status="failed", error="boom", attempts=3, updated_at=yesterday)
 
     again = post_file(hostile_files.sample_pdf())
 
     assert again.status_code == 200
     assert (again.json()["status"], again.json()["error"]) == ("queued", "")
     assert Document.objects.get(id=first["id"]).attempts == 0
+    assert documents_requeue_stuck() == []  # just queued: not mistaken for a queued document that was lost
 
 
 @pytest.mark.parametrize(
