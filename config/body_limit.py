@@ -7,6 +7,7 @@ multipart envelope; every other body is far smaller (the JSON APIs stop at DATA_
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -27,10 +28,10 @@ class RequestBodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = max_body_bytes()
-        declared = _content_length(scope)
-        if declared is not None:
-            # The server reads exactly the declared length, so a body within it needs no watching.
-            if declared > limit:
+        declared, chunked = _body_headers(scope)
+        if not chunked:
+            # The server reads exactly the declared length (none: no body), so only that needs checking.
+            if declared is not None and declared > limit:
                 return await _refuse(send, limit)
             return await self.app(scope, receive, send)
 
@@ -62,14 +63,16 @@ class RequestBodyLimit:
             await _refuse(send, limit)
 
 
-def _content_length(scope: dict[str, Any]) -> int | None:
+def _body_headers(scope: dict[str, Any]) -> tuple[int | None, bool]:
+    """(Content-Length, whether the body is chunked) of the request."""
+    declared, chunked = None, False
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+            with contextlib.suppress(ValueError):  # the server refuses an invalid length before we are called
+                declared = int(value)
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+    return declared, chunked
 
 
 async def _refuse(send: Any, limit: int) -> None:
