@@ -6,6 +6,7 @@ import time
 
 import httpx
 import pytest
+from django.db import OperationalError
 
 from billing.limiter import LimitExceeded
 from billing.models import UsageRecord
@@ -257,16 +258,18 @@ def test_long_stream_keeps_its_concurrency_slot_with_heartbeats(live, llm, setti
     assert finish["data"]["finish_reason"] == "stop"
 
 
-def _failing_once(monkeypatch, name: str, error: Exception) -> list[int]:
-    """Makes chat.services.`name` raise `error` on its first call only; returns the list of its calls."""
+def _database_fails_once(monkeypatch, settings, name: str) -> list[int]:
+    """Makes chat.services.`name` fail on the database at its first call only, with the task's runs again a
+    tenth of a second apart; returns the list of its calls."""
     import chat.services
 
+    settings.CHAT_TASK_RETRY_BACKOFF_SECONDS = 0.1
     real, calls = getattr(chat.services, name), []
 
     def flaky(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
-            raise error
+            raise OperationalError("the database went away")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(chat.services, name, flaky)
@@ -285,10 +288,7 @@ def _wait_finished(message_id: int, timeout: float = 20) -> Message:
 def test_an_answer_whose_claim_failed_on_the_database_is_answered_by_a_second_run(
     live, llm, settings, monkeypatch
 ) -> None:
-    from django.db import OperationalError
-
-    settings.CHAT_TASK_RETRY_BACKOFF_SECONDS = 0.1
-    calls = _failing_once(monkeypatch, "_answer_head", OperationalError("the database went away"))
+    calls = _database_fails_once(monkeypatch, settings, "_answer_head")
     user = chat_user()
     llm.configure(text=ANSWER)
 
@@ -305,10 +305,7 @@ def test_an_answer_whose_claim_failed_on_the_database_is_answered_by_a_second_ru
 def test_an_answer_whose_save_failed_is_saved_by_a_second_run_as_its_readers_saw_it(
     live, llm, settings, monkeypatch
 ) -> None:
-    from django.db import OperationalError
-
-    settings.CHAT_TASK_RETRY_BACKOFF_SECONDS = 0.1
-    calls = _failing_once(monkeypatch, "_answer_finish", OperationalError("the database went away"))
+    calls = _database_fails_once(monkeypatch, settings, "_answer_finish")
     user = chat_user()
     conversation = conversation_create(user=user)
     llm.configure(text=ANSWER, token_ms=2)

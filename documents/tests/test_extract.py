@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import json
 import resource
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -509,10 +512,6 @@ print(json.dumps({"grown_mb": peak_mb() - before, "tail": text[-40:]}))
 ])
 def test_a_flood_of_tiny_elements_is_read_in_flat_memory(tmp_path, name, kind, builder):
     """Run in a process of its own, whose peak RSS is this extraction's alone."""
-    import json
-    import subprocess
-    import sys
-
     path = _write(tmp_path, name, builder())
     done = subprocess.run([sys.executable, "-c", _MEASURE_EXTRACTION, str(path), kind.value],
                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2], check=True)
