@@ -205,8 +205,9 @@ def document_ingest(*, document_id: int) -> IngestReport:
             return IngestReport(Outcome.FAILED, document_id, error=exc.message)
         except LimitExceeded:
             message = (
-                "Your monthly token quota is used up, so this document was not processed; "
-                "upload it again when the quota renews or after upgrading your plan."
+                "Your monthly token quota does not cover this document, so it was not processed (anything "
+                "embedded before the quota ran out is billed); upload it again when the quota renews or after "
+                "upgrading your plan."
             )
             _finish(document, status=Document.Status.FAILED, error=message)
             return IngestReport(Outcome.FAILED, document_id, error=message)
@@ -296,6 +297,10 @@ def _run(document: Document) -> IngestReport:
     try:
         with _ChunkWriter(document) as writer:
             for batch in _batched(drafts, settings.INGEST_STORE_BATCH):
+                # Against what this run has embedded but not billed yet: a document bigger than the quota left
+                # stops when it runs out (billed for what it embedded) instead of being embedded whole. The
+                # chunks' own counts stand in for the batch's tokens (the embedder adds each title header).
+                quota_check(user=document.owner, tokens=embedding_tokens + sum(d.token_count for d in batch))
                 with clock.stage("embed"):
                     embedded = embedder.embed_documents([embedding_text(document.title, draft) for draft in batch])
                 embedding_tokens += embedded.prompt_tokens
