@@ -195,6 +195,10 @@ class EventWriter:
         self._sink = _sink()
 
     def add(self, item: Event) -> None:
+        # After a failed write the stream has a gap, or was closed by another hand (an id at or below the
+        # last is refused): later events would land past its end.
+        if self.error is not None:
+            return
         self.pending += 1
         self._sink.add(self, item)
 
@@ -223,7 +227,13 @@ class _Sink:
 
     async def _flush(self) -> None:
         while self._queue:
-            batch, self._queue = self._queue, []
+            queued, self._queue = self._queue, []
+            batch = []
+            for writer, item in queued:
+                if writer.error is None:
+                    batch.append((writer, item))
+                else:
+                    writer.pending -= 1
             try:
                 async with self._client.pipeline(transaction=False) as pipe:
                     for writer, item in batch:

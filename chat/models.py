@@ -65,12 +65,21 @@ class Message(models.Model):
     total_ms = models.PositiveIntegerField(null=True, blank=True)
     # Sequence number of this answer's last event, so a replay from the database can continue the numbering.
     last_seq = models.PositiveIntegerField(default=0)
+    # Until when an unfinished answer is presumed in someone's hands: the queue's while it is pending, then its
+    # worker's, renewed as it streams. Past it the stuck sweep sends a pending answer again and closes a
+    # streaming one with what it streamed; a second delivery of the task leaves an answer with a live lease alone.
+    lease_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["created_at", "id"]
-        indexes = [models.Index(fields=["conversation", "created_at"], name="message_conversation_time")]
+        indexes = [
+            models.Index(fields=["conversation", "created_at"], name="message_conversation_time"),
+            # Only the few unfinished answers, which the stuck sweep reads every minute.
+            models.Index(fields=["lease_until"], name="message_unfinished_lease",
+                         condition=models.Q(status__in=["pending", "streaming"])),
+        ]
 
     def __str__(self) -> str:
         return f"{self.role} #{self.pk}"

@@ -12,19 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, F, Value, When
+from django.db.models import Case, F, Q, Value, When
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from accounts.models import User
@@ -314,6 +316,7 @@ def _ask(
                 prompt_budget=estimate,
                 request_id=request_id,
                 reservation=reservation_dump(reservation),
+                lease_until=timezone.now() + timedelta(seconds=settings.CHAT_ANSWER_QUEUE_SECONDS),
             )
             # Without history, a VALUES row each: Django sends several rows as UNNEST arrays, a form for big
             # batches that cost 1.6-2.1 ms here for a question and its answer, against 1.0-1.3 ms.
@@ -406,9 +409,13 @@ class Outcome:
 
 
 def answer_generate(*, message_id: int) -> None:
-    """Answer one pending message (the Celery task's body; safe to run twice)."""
+    """Answer one pending message (the Celery task's body; safe to run twice, and at once)."""
     runtime = get_runtime()
     runtime.run(_generate(runtime, message_id))
+
+
+def _lease_beat_seconds() -> float:
+    return min(settings.CHAT_SLOT_HEARTBEAT_SECONDS, settings.CHAT_ANSWER_LEASE_SECONDS / 3)
 
 
 async def _generate(runtime: Runtime, message_id: int) -> None:
@@ -426,14 +433,24 @@ async def _generate(runtime: Runtime, message_id: int) -> None:
     try:
         if await runtime.check_cancelled(message_id):
             stream.cancel()
-        # The first beat at once: the answer may have waited in the queue for most of its slot's lifetime.
+        # The first beat at once: the answer may have waited in the queue for most of its slot's lifetime. The
+        # lease was taken with the claim and renewed by the record; the beats renew it from the second on.
+        first_beat = True
         while not stream.done():
+            try:
+                if not first_beat and not await runtime.db(_answer_renew_lease, message_id):
+                    # Closed meanwhile as abandoned (this worker stalled past its lease): stop spending on it.
+                    logger.warning("answer %s lost its lease; stopping its stream", message_id)
+                    stream.cancel()
+            except Exception:
+                logger.warning("lease renewal failed for answer %s", message_id, exc_info=True)
             try:
                 if not await llm_heartbeat_async(reservation=job.reservation):
                     logger.warning("answer %s outlived its concurrency slot", message_id)
             except Exception:
                 logger.warning("slot heartbeat failed for answer %s", message_id, exc_info=True)
-            await asyncio.wait({stream}, timeout=settings.CHAT_SLOT_HEARTBEAT_SECONDS)
+            first_beat = False
+            await asyncio.wait({stream}, timeout=_lease_beat_seconds())
     finally:
         runtime.untrack(message_id)
     with contextlib.suppress(Exception):
@@ -448,7 +465,11 @@ async def _generate(runtime: Runtime, message_id: int) -> None:
     except Exception:
         logger.exception("could not save answer %s", message_id)
         _close_unsaved(job, outcome)
-        raise  # the task runs again and saves what was streamed, as after a worker crash
+        # Handing the answer on: the task's next run (or, if the database is still failing, the sweep once the
+        # lease runs out) saves what was streamed, as after a worker crash.
+        with contextlib.suppress(Exception):
+            await runtime.db(_answer_release_lease, message_id)
+        raise
 
 
 async def _prepare(runtime: Runtime, message_id: int) -> Job | None:
@@ -589,13 +610,13 @@ def _answer_head(message_id: int) -> tuple[Message, Message | None, int] | None:
 
 
 _CLAIM_SQL = """
-UPDATE {message} SET status = %s
+UPDATE {message} SET status = %s, lease_until = now() + make_interval(secs => %s)
 WHERE id = %s AND status = %s AND set_config('synchronous_commit', 'off', true) IS NOT NULL
 """
 
 _RECORD_SQL = """
-UPDATE {message} SET prompt_tokens = %s, retrieval_ms = %s
-WHERE id = %s AND set_config('synchronous_commit', 'off', true) IS NOT NULL
+UPDATE {message} SET prompt_tokens = %s, retrieval_ms = %s, lease_until = now() + make_interval(secs => %s)
+WHERE id = %s AND status = %s AND set_config('synchronous_commit', 'off', true) IS NOT NULL
 """
 
 _HISTORY_SQL = """
@@ -607,24 +628,24 @@ LIMIT %s
 
 
 def _answer_claim(answer: Message, question: Message | None) -> list[Turn] | None:
-    """Take the answer (pending -> streaming) and read the history before its question; None when a cancel or
-    another delivery of the task got there first.
+    """Take the answer (pending -> streaming, with a lease) and read the history before its question; None when
+    a cancel or another delivery of the task got there first. An answer left streaming by a worker that is gone
+    (its lease ran out) is closed with what it streamed; one whose worker still renews its lease is left to it.
 
     Hand-written SQL, as for the head: every answer of a burst of questions pays this on the worker's one
     core. The claim is one statement, its own transaction, whose commit is relaxed as _relaxed_commit's are
     (set_config(..., true) is SET LOCAL) without the round trips of an explicit transaction."""
     table = Message._meta.db_table
     with connection.cursor() as cursor:
+        lease = settings.CHAT_ANSWER_LEASE_SECONDS
         cursor.execute(_CLAIM_SQL.format(message=table),
-                       [Message.Status.STREAMING, answer.id, Message.Status.PENDING])
+                       [Message.Status.STREAMING, lease, answer.id, Message.Status.PENDING])
         claimed = cursor.rowcount
         if claimed and question is not None:
             cursor.execute(_HISTORY_SQL.format(message=table), [answer.conversation_id, question.id, HISTORY_MESSAGES])
             recent = cursor.fetchall()
     if not claimed:
-        current = Message.objects.select_related("conversation__owner").filter(id=answer.id).first()
-        if current is not None and current.status == Message.Status.STREAMING:
-            _answer_interrupted(current)  # redelivered: the worker that claimed it died mid-stream
+        _answer_close_abandoned(answer.id)
         return None
     if question is None:
         return []
@@ -635,6 +656,94 @@ def _answer_claim(answer: Message, question: Message | None) -> list[Turn] | Non
     ]
 
 
+def _lease_from_now(seconds: float) -> Any:
+    # The database's clock, not this process's: every worker and the sweep compare leases against the same one.
+    return Now() + timedelta(seconds=seconds)
+
+
+def _lease_expired() -> Q:
+    # No lease at all: asked or claimed by a version from before leases, whose workers may still be streaming
+    # it during a deploy; presumed lost only once no answer could still be streaming.
+    legacy_cutoff = timedelta(seconds=settings.CHAT_ANSWER_MAX_SECONDS + settings.CHAT_ANSWER_LEASE_SECONDS)
+    return Q(lease_until__lt=Now()) | Q(lease_until__isnull=True, created_at__lt=Now() - legacy_cutoff)
+
+
+def _answer_renew_lease(message_id: int) -> bool:
+    return bool(Message.objects.filter(id=message_id, status=Message.Status.STREAMING)
+                .update(lease_until=_lease_from_now(settings.CHAT_ANSWER_LEASE_SECONDS)))
+
+
+def _answer_release_lease(message_id: int) -> None:
+    Message.objects.filter(id=message_id, status=Message.Status.STREAMING).update(lease_until=Now())
+
+
+def _answer_close_abandoned(message_id: int) -> bool:
+    """Close an answer left streaming by a worker that is gone, with what it streamed; False when it is not
+    streaming, or its worker's lease is live. Taking the lease first makes one closer win when the sweep and a
+    second delivery of the task find it at once."""
+    streaming = Message.objects.filter(_lease_expired(), id=message_id, status=Message.Status.STREAMING)
+    if not streaming.update(lease_until=_lease_from_now(settings.CHAT_ANSWER_LEASE_SECONDS)):
+        return False
+    current = Message.objects.select_related("conversation__owner").filter(id=message_id).first()
+    if current is None or current.status != Message.Status.STREAMING:
+        return False
+    _answer_interrupted(current)
+    return True
+
+
+@dataclass(frozen=True)
+class Recovery:
+    requeued: list[int]  # pending answers sent to the queue again
+    given_up: list[int]  # pending answers no worker took within CHAT_ANSWER_GIVE_UP_SECONDS, closed with an error
+    closed: list[int]  # streaming answers whose worker was gone, closed with what they streamed
+
+
+def answers_recover_stuck(*, limit: int = 1000) -> Recovery:
+    """Finish what a lost broker message or a killed worker left unfinished (run periodically).
+
+    A pending answer whose lease ran out is sent again (a duplicate of a message still queued is harmless: the
+    claim lets one run through) and gets a new lease, so that a backlog is not re-sent on every sweep; one still
+    pending after CHAT_ANSWER_GIVE_UP_SECONDS is closed with an error instead (its asker has long stopped
+    waiting, and its reservation is released). A streaming answer whose lease ran out is closed with the tokens
+    its stream holds, and billed for them."""
+    unfinished = Message.objects.filter(_lease_expired(), role=Message.Role.ASSISTANT)
+    too_old = Now() - timedelta(seconds=settings.CHAT_ANSWER_GIVE_UP_SECONDS)
+    given_up = []
+    for answer_id in unfinished.filter(status=Message.Status.PENDING, created_at__lt=too_old) \
+            .values_list("id", flat=True)[:limit]:
+        if _finish_without_tokens(answer_id, error=("unavailable", "No worker could take this question in time; "
+                                                                   "please ask again.")):
+            given_up.append(answer_id)
+    with transaction.atomic():
+        requeued = list(unfinished.filter(status=Message.Status.PENDING).select_for_update(skip_locked=True)
+                        .only("id", "conversation_id", "model")[:limit])
+        Message.objects.filter(id__in=[answer.id for answer in requeued]).update(
+            lease_until=_lease_from_now(settings.CHAT_ANSWER_QUEUE_SECONDS))
+        for answer in requeued:
+            transaction.on_commit(functools.partial(_send_again, answer), robust=True)
+    closed = []
+    for answer_id in unfinished.filter(status=Message.Status.STREAMING).values_list("id", flat=True)[:limit]:
+        try:
+            if _answer_close_abandoned(answer_id):
+                closed.append(answer_id)
+        except Exception:
+            logger.exception("could not close abandoned answer %s", answer_id)
+    requeued_ids = [answer.id for answer in requeued]
+    if requeued or given_up or closed:
+        logger.warning("stuck answers: sent %s again, gave up %s, closed %s", requeued_ids, given_up, closed)
+    return Recovery(requeued=requeued_ids, given_up=given_up, closed=closed)
+
+
+def _send_again(answer: Message) -> None:
+    from chat.tasks import generate_answer
+
+    # A web process that died between its commit and its dispatch left no `start`, without which readers
+    # ignore the tokens that follow.
+    if not events.redis_client().exists(events.stream_key(answer.id)):
+        events.append(answer.id, [events.start_event(answer)])
+    generate_answer.delay(answer.id)
+
+
 def _answer_record(message_id: int, *, prompt_tokens: int, retrieval_ms: int) -> None:
     """The prompt's size (what settling an answer interrupted by a worker crash charges) and the retrieval time,
     written while the model starts. Relaxed like the claim: as an ordinary commit it waited for a WAL flush,
@@ -642,7 +751,9 @@ def _answer_record(message_id: int, *, prompt_tokens: int, retrieval_ms: int) ->
     the kernel's writeback kept a core busy. Only a crash of Postgres itself, within a fraction of a second,
     can lose it, not a crash of the worker."""
     with connection.cursor() as cursor:
-        cursor.execute(_RECORD_SQL.format(message=Message._meta.db_table), [prompt_tokens, retrieval_ms, message_id])
+        cursor.execute(_RECORD_SQL.format(message=Message._meta.db_table),
+                       [prompt_tokens, retrieval_ms, settings.CHAT_ANSWER_LEASE_SECONDS, message_id,
+                        Message.Status.STREAMING])
 
 
 def _retrieve(owner_id: int, question: str, document_ids: list[int]) -> tuple[list[Any], int]:
@@ -777,8 +888,12 @@ def _answer_save(
     message.total_ms = total_ms
     message.last_seq = seq + (3 if error else 2)
     message.completed_at = timezone.now()
-    if not Message.objects.filter(pk=message.pk).update(**{name: getattr(message, name) for name in _ANSWER_FIELDS}):
-        return  # deleted with its conversation meanwhile; the usage was billed all the same
+    # Only while streaming: an answer closed meanwhile as abandoned (its worker stalled past its lease) keeps
+    # that ending, and its readers get one set of closing events.
+    saved = Message.objects.filter(pk=message.pk, status=Message.Status.STREAMING).update(
+        **{name: getattr(message, name) for name in _ANSWER_FIELDS})
+    if not saved:
+        return  # closed meanwhile, or deleted with its conversation; the usage was billed all the same
     # Off the first-token path: the conversation's recency, and a title for one started without.
     Conversation.objects.filter(pk=message.conversation_id).update(
         updated_at=message.completed_at,

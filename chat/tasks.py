@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import threading
@@ -8,7 +9,7 @@ from celery import shared_task
 from celery.signals import worker_ready
 from django.conf import settings
 
-from chat.services import answer_generate, warm_up
+from chat.services import answer_generate, answers_recover_stuck, warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,12 @@ def generate_answer(self, message_id: int) -> None:
         logger.warning("answer %s failed (%s); run again, attempt %d", message_id, exc, self.request.retries + 1)
         delay = settings.CHAT_TASK_RETRY_BACKOFF_SECONDS * 2**self.request.retries
         raise self.retry(exc=exc, countdown=delay) from exc
+
+
+@shared_task(ignore_result=True)
+def recover_stuck_answers() -> dict[str, list[int]]:
+    recovery = answers_recover_stuck()
+    return dataclasses.asdict(recovery)
 
 
 @worker_ready.connect

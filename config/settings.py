@@ -385,6 +385,20 @@ CHAT_SSE_HEARTBEAT_SECONDS = float(env("CHAT_SSE_HEARTBEAT_SECONDS", "15"))
 CHAT_API_WAIT_SECONDS = float(env("CHAT_API_WAIT_SECONDS", "300"))
 # How often a long stream renews its concurrency slot with billing (the slot lapses after 120 s without).
 CHAT_SLOT_HEARTBEAT_SECONDS = float(env("CHAT_SLOT_HEARTBEAT_SECONDS", "30"))
+# A streaming answer's worker renews its lease at least three times within this; an answer whose lease ran out
+# lost its worker (killed, out of memory) and the stuck sweep closes it with what it streamed. Without the
+# sweep it would wait for the broker's visibility timeout (2 h) to be delivered again.
+CHAT_ANSWER_LEASE_SECONDS = env_int("CHAT_ANSWER_LEASE_SECONDS", 120)
+# A pending answer no worker has taken for this long (a lost broker message) is sent again, once per period.
+CHAT_ANSWER_QUEUE_SECONDS = env_int("CHAT_ANSWER_QUEUE_SECONDS", 300)
+# ... and closed with an error once it has waited this long (the asker has stopped waiting; its stream is gone).
+CHAT_ANSWER_GIVE_UP_SECONDS = env_int("CHAT_ANSWER_GIVE_UP_SECONDS", 1800)
+CHAT_SWEEP_EVERY_SECONDS = env_int("CHAT_SWEEP_EVERY_SECONDS", 60)
+CELERY_BEAT_SCHEDULE["chat-recover-stuck"] = {
+    "task": "chat.tasks.recover_stuck_answers",
+    "schedule": float(CHAT_SWEEP_EVERY_SECONDS),
+    "options": {"expires": float(CHAT_SWEEP_EVERY_SECONDS)},
+}
 CHAT_CANCEL_POLL_SECONDS = float(env("CHAT_CANCEL_POLL_SECONDS", "0.2"))
 # Threads (each with its own DB connection) doing an llm worker's database work and retrieval.
 CHAT_WORKER_DB_THREADS = env_int("CHAT_WORKER_DB_THREADS", 6)

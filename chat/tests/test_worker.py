@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from billing.models import UsageRecord
 from chat import events
@@ -18,10 +19,12 @@ from chat.services import (
     _answer_head,
     _answer_record,
     answer_generate,
+    answers_recover_stuck,
     chat_ask,
     conversation_create,
+    warm_up,
 )
-from chat.tests.factories import chat_user
+from chat.tests.factories import answer_left_streaming, chat_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,13 +56,7 @@ def test_a_second_delivery_of_a_finished_answer_changes_nothing(prices, llm) -> 
 def test_redelivery_after_a_worker_died_mid_stream_closes_the_answer_with_its_partial_text(
     prices, llm, redis_client
 ) -> None:
-    user = chat_user()
-    answer = chat_ask(user=user, question="Tell me more", conversation=conversation_create(user=user))
-    Message.objects.filter(id=answer.id).update(status=Message.Status.STREAMING, prompt_tokens=120)
-    key = events.stream_key(answer.id)
-    for seq, text in enumerate(["The ", "boiler ", "needs"], start=2):
-        redis_client.xadd(key, {"t": "token", "e": json.dumps({"type": "token", "seq": seq, "text": text})},
-                          id=f"{seq}-0")
+    answer = answer_left_streaming(["The ", "boiler ", "needs"], lease_left=-1)
 
     answer_generate(message_id=answer.id)
 
@@ -68,10 +65,46 @@ def test_redelivery_after_a_worker_died_mid_stream_closes_the_answer_with_its_pa
     assert message.error_code == "interrupted" and message.content == "The boiler needs"
     record = UsageRecord.objects.get(request_id=answer.request_id)
     assert (record.prompt_tokens, record.completion_tokens) == (120, count_tokens("The boiler needs"))
-    stored = [(entry_id, fields[b"t"]) for entry_id, fields in redis_client.xrange(key)]
+    stored = [(entry_id, fields[b"t"]) for entry_id, fields in redis_client.xrange(events.stream_key(answer.id))]
     assert [kind for _, kind in stored[-3:]] == [b"error", b"citations", b"done"]
     assert stored[-1][0] == f"{message.last_seq}-0".encode() and message.last_seq == 7
     assert llm.chat_requests == []  # the model is not asked again
+
+
+def test_a_second_delivery_leaves_an_answer_whose_worker_still_streams_it_alone(prices, llm, redis_client) -> None:
+    # kombu restores unacked messages after a lost broker connection, while their first delivery still runs.
+    answer = answer_left_streaming(["The ", "boiler "], lease_left=60)
+
+    answer_generate(message_id=answer.id)
+
+    message = Message.objects.get(id=answer.id)
+    assert (message.status, message.content, message.error_code) == ("streaming", "", "")
+    assert [fields[b"t"] for _, fields in redis_client.xrange(events.stream_key(answer.id))] == [b"start", b"token",
+                                                                                                 b"token"]
+    assert not UsageRecord.objects.filter(request_id=answer.request_id).exists()
+
+    # Once the lease has run out, the worker is gone: a delivery closes the answer with what it streamed.
+    Message.objects.filter(id=answer.id).update(lease_until=timezone.now() - timedelta(seconds=1))
+    answer_generate(message_id=answer.id)
+
+    message = Message.objects.get(id=answer.id)
+    assert (message.status, message.error_code, message.content) == ("done", "interrupted", "The boiler ")
+    assert llm.chat_requests == []
+
+
+def test_an_answer_without_a_lease_is_left_to_its_worker_until_no_answer_could_still_stream(
+    prices, llm, redis_client, settings
+) -> None:
+    # Claimed by a worker of the version before leases, which may still be streaming it during a deploy.
+    recent = answer_left_streaming(["The "], lease_left=None, asked_ago=60)
+    old = answer_left_streaming(["The "], lease_left=None,
+                                asked_ago=settings.CHAT_ANSWER_MAX_SECONDS + settings.CHAT_ANSWER_LEASE_SECONDS + 5)
+
+    answer_generate(message_id=recent.id)
+    answer_generate(message_id=old.id)
+
+    assert Message.objects.get(id=recent.id).status == "streaming"
+    assert Message.objects.values_list("status", "error_code").get(id=old.id) == ("done", "interrupted")
 
 
 def _wal_fsyncs() -> int:
@@ -149,3 +182,61 @@ def test_questions_asked_at_once_in_one_conversation_each_get_their_own_answer(p
         assert (saved.status, saved.finish_reason, saved.error_code) == ("done", "stop", "")
         sent = next(r for r in llm.chat_requests if r.body["messages"][-1]["content"] == question)
         assert sent.status == 200
+
+
+def test_a_long_answer_renews_its_lease_so_the_sweep_leaves_it_streaming(prices, llm, settings) -> None:
+    settings.CHAT_ANSWER_LEASE_SECONDS = 2
+    settings.CHAT_SLOT_HEARTBEAT_SECONDS = 0.2
+    user = chat_user()
+    warm_up()  # the embedder's first load would otherwise outlast the lease taken with the claim
+    answer = chat_ask(user=user, question="What is it?", conversation=conversation_create(user=user))
+    llm.configure(text="One two three four five six seven eight nine ten.", token_ms=500)  # about 5 s
+    worker = threading.Thread(target=lambda: (answer_generate(message_id=answer.id), connection.close()))
+    worker.start()
+    swept = []
+    try:
+        # Sweep well past the lease taken with the claim, as beat would on a busy minute.
+        deadline = time.monotonic() + 3.5
+        while time.monotonic() < deadline:
+            swept.append(answers_recover_stuck())
+            time.sleep(0.1)
+        status = Message.objects.get(id=answer.id).status
+    finally:
+        worker.join(30)
+
+    assert status == Message.Status.STREAMING
+    assert all(not (recovery.closed or recovery.requeued) for recovery in swept) and len(swept) >= 10
+    message = Message.objects.get(id=answer.id)
+    assert (message.finish_reason, message.content) == ("stop", "One two three four five six seven eight nine ten.")
+
+
+def test_a_worker_that_stalled_past_its_lease_stops_and_keeps_the_sweeps_ending(prices, llm, redis_client,
+                                                                                 settings) -> None:
+    settings.CHAT_ANSWER_LEASE_SECONDS = 30
+    settings.CHAT_SLOT_HEARTBEAT_SECONDS = 0.2
+    user = chat_user()
+    warm_up()
+    answer = chat_ask(user=user, question="What is it?", conversation=conversation_create(user=user))
+    llm.configure(text="One two three four five six seven eight nine ten.", tokens=60, token_ms=100)  # ~6 s
+    worker = threading.Thread(target=lambda: (answer_generate(message_id=answer.id), connection.close()))
+    worker.start()
+    try:
+        key = events.stream_key(answer.id)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and redis_client.xlen(key) < 5:
+            time.sleep(0.02)
+        # As if this worker had stalled (a long GC pause, a frozen VM) while the lease ran out.
+        Message.objects.filter(id=answer.id).update(lease_until=timezone.now() - timedelta(seconds=1))
+        recovery = answers_recover_stuck()
+    finally:
+        worker.join(30)
+
+    assert recovery.closed == [answer.id]
+    message = Message.objects.get(id=answer.id)
+    assert (message.status, message.error_code) == ("done", "interrupted")
+    assert message.content.startswith("One two three") and len(message.content.split()) < 60
+    kinds = [fields[b"t"] for _, fields in redis_client.xrange(events.stream_key(answer.id))]
+    assert kinds.count(b"done") == 1 and kinds[-1] == b"done"
+    assert UsageRecord.objects.filter(request_id=answer.request_id).count() == 1
+    sent = llm.chat_requests[0]
+    assert sent.outcome == "cancelled" and sent.tokens_sent < 60  # the model was stopped, not run to the end
