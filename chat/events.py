@@ -192,12 +192,13 @@ class EventWriter:
         self.key = stream_key(message_id)
         self.pending = 0
         self.error: BaseException | None = None
+        # Another hand wrote at these ids (the sweep closed the answer as abandoned): later events would land
+        # past its `done`.
+        self.fenced = False
         self._sink = _sink()
 
     def add(self, item: Event) -> None:
-        # After a failed write the stream has a gap, or was closed by another hand (an id at or below the
-        # last is refused): later events would land past its end.
-        if self.error is not None:
+        if self.fenced:
             return
         self.pending += 1
         self._sink.add(self, item)
@@ -230,10 +231,10 @@ class _Sink:
             queued, self._queue = self._queue, []
             batch = []
             for writer, item in queued:
-                if writer.error is None:
-                    batch.append((writer, item))
-                else:
+                if writer.fenced:
                     writer.pending -= 1
+                else:
+                    batch.append((writer, item))
             try:
                 async with self._client.pipeline(transaction=False) as pipe:
                     for writer, item in batch:
@@ -243,8 +244,13 @@ class _Sink:
                 results = [exc] * len(batch)
             for (writer, _), result in zip(batch, results, strict=True):
                 writer.pending -= 1
-                if isinstance(result, Exception) and writer.error is None:
-                    writer.error = result
+                if isinstance(result, Exception):
+                    writer.fenced = writer.fenced or _is_id_refused(result)
+                    writer.error = writer.error or result
+
+
+def _is_id_refused(error: BaseException) -> bool:
+    return isinstance(error, redis.ResponseError) and "equal or smaller" in str(error)
 
 
 _sinks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sink] = weakref.WeakKeyDictionary()
@@ -474,6 +480,12 @@ async def follow(
         hub.remove(follower)
 
 
+def _renumbered(item: Event, seq: int) -> Event:
+    payload = json.loads(item.data)
+    del payload["type"], payload["seq"]
+    return event(seq, item.type, **payload)
+
+
 async def _closing_from_database(
     load_message: Callable[[], Awaitable[Message | None]], *, after: int
 ) -> list[Event] | None:
@@ -484,4 +496,9 @@ async def _closing_from_database(
         return []
     if not message.is_finished:
         return None
-    return [item for item in closing_events(message) if item.seq > after]
+    closing = closing_events(message)
+    if after > message.last_seq:
+        # The reader saw events past the saved end (a worker that stalled past its lease wrote on after the
+        # answer was closed): the ending still reaches it, numbered after what it saw.
+        return [_renumbered(item, after + n) for n, item in enumerate(closing, start=1)]
+    return [item for item in closing if item.seq > after]

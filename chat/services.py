@@ -435,15 +435,24 @@ async def _generate(runtime: Runtime, message_id: int) -> None:
             stream.cancel()
         # The first beat at once: the answer may have waited in the queue for most of its slot's lifetime. The
         # lease was taken with the claim and renewed by the record; the beats renew it from the second on.
-        first_beat = True
+        first_beat, renewed_at = True, time.monotonic()
         while not stream.done():
             try:
-                if not first_beat and not await runtime.db(_answer_renew_lease, message_id):
+                if first_beat:
+                    pass
+                elif await runtime.db(_answer_renew_lease, message_id):
+                    renewed_at = time.monotonic()
+                else:
                     # Closed meanwhile as abandoned (this worker stalled past its lease): stop spending on it.
                     logger.warning("answer %s lost its lease; stopping its stream", message_id)
                     stream.cancel()
             except Exception:
                 logger.warning("lease renewal failed for answer %s", message_id, exc_info=True)
+                if time.monotonic() - renewed_at > settings.CHAT_ANSWER_LEASE_SECONDS * 2 / 3:
+                    # Stopped before the lease runs out, so that the sweep that will close the answer never
+                    # writes its ending beside this worker's tokens; what was streamed is saved as usual.
+                    logger.warning("answer %s could not renew its lease; stopping its stream", message_id)
+                    stream.cancel()
             try:
                 if not await llm_heartbeat_async(reservation=job.reservation):
                     logger.warning("answer %s outlived its concurrency slot", message_id)
@@ -509,8 +518,13 @@ async def _prepare(runtime: Runtime, message_id: int) -> Job | None:
             )
     except Exception:
         logger.exception("could not prepare answer %s", message_id)
-        await runtime.db(_answer_fail_before_stream, answer, code="retrieval_failed",
-                         text="Searching your documents failed; please try again.")
+        try:
+            await runtime.db(_answer_fail_before_stream, answer, code="retrieval_failed",
+                             text="Searching your documents failed; please try again.")
+        except Exception:
+            with contextlib.suppress(Exception):  # the task's next run closes it (see _generate)
+                await runtime.db(_answer_release_lease, message_id)
+            raise
         return None
     return Job(
         message_id=answer.id,
@@ -642,8 +656,14 @@ def _answer_claim(answer: Message, question: Message | None) -> list[Turn] | Non
                        [Message.Status.STREAMING, lease, answer.id, Message.Status.PENDING])
         claimed = cursor.rowcount
         if claimed and question is not None:
-            cursor.execute(_HISTORY_SQL.format(message=table), [answer.conversation_id, question.id, HISTORY_MESSAGES])
-            recent = cursor.fetchall()
+            try:
+                cursor.execute(_HISTORY_SQL.format(message=table),
+                               [answer.conversation_id, question.id, HISTORY_MESSAGES])
+                recent = cursor.fetchall()
+            except Exception:
+                with contextlib.suppress(Exception):  # claimed by this run: the task's next run closes it
+                    _answer_release_lease(answer.id)
+                raise
     if not claimed:
         _answer_close_abandoned(answer.id)
         return None

@@ -397,7 +397,8 @@ CHAT_SWEEP_EVERY_SECONDS = env_int("CHAT_SWEEP_EVERY_SECONDS", 60)
 CELERY_BEAT_SCHEDULE["chat-recover-stuck"] = {
     "task": "chat.tasks.recover_stuck_answers",
     "schedule": float(CHAT_SWEEP_EVERY_SECONDS),
-    "options": {"expires": float(CHAT_SWEEP_EVERY_SECONDS)},
+    # On the llm queue: behind a backlog of questions a few sweeps may wait, but not pile up for good.
+    "options": {"expires": float(5 * CHAT_SWEEP_EVERY_SECONDS)},
 }
 CHAT_CANCEL_POLL_SECONDS = float(env("CHAT_CANCEL_POLL_SECONDS", "0.2"))
 # Threads (each with its own DB connection) doing an llm worker's database work and retrieval.

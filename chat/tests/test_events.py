@@ -149,3 +149,24 @@ def test_a_hub_left_without_readers_closes_its_connection_and_the_process_exits_
     assert result.returncode == 0, result.stderr
     assert "hub ended: True" in result.stdout
     assert "Exception ignored" not in result.stderr, result.stderr
+
+
+def test_a_reader_that_saw_events_past_the_saved_end_still_gets_the_ending_after_them() -> None:
+    from decimal import Decimal
+
+    from chat.models import Message
+
+    # Saved as closed by the sweep at seq 5 (error 3, citations 4, done 5), while the stalled worker had written
+    # tokens 3 to 7 that the reader saw.
+    saved = Message(id=42, conversation_id=7, role="assistant", status="done", content="One", finish_reason="error",
+                    error_code="interrupted", error_message="Interrupted.", last_seq=5, cost_usd=Decimal(0))
+
+    async def load() -> Message:
+        return saved
+
+    past = asyncio.run(events._closing_from_database(load, after=7))
+    resumed = asyncio.run(events._closing_from_database(load, after=3))
+
+    assert [(item.seq, item.type) for item in past] == [(8, "error"), (9, "citations"), (10, "done")]
+    assert '"seq":10' in past[-1].data.replace(" ", "") and '"content":"One"' in past[-1].data.replace(" ", "")
+    assert [(item.seq, item.type) for item in resumed] == [(4, "citations"), (5, "done")]

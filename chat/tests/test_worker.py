@@ -11,7 +11,7 @@ from django.db import connection
 from django.utils import timezone
 
 from billing.models import UsageRecord
-from chat import events
+from chat import events, services
 from chat.models import Message
 from chat.prompting import count_tokens
 from chat.services import (
@@ -185,19 +185,22 @@ def test_questions_asked_at_once_in_one_conversation_each_get_their_own_answer(p
 
 
 def test_a_long_answer_renews_its_lease_so_the_sweep_leaves_it_streaming(prices, llm, settings) -> None:
-    settings.CHAT_ANSWER_LEASE_SECONDS = 2
+    settings.CHAT_ANSWER_LEASE_SECONDS = 3
     settings.CHAT_SLOT_HEARTBEAT_SECONDS = 0.2
     user = chat_user()
-    warm_up()  # the embedder's first load would otherwise outlast the lease taken with the claim
+    warm_up()
     answer = chat_ask(user=user, question="What is it?", conversation=conversation_create(user=user))
-    llm.configure(text="One two three four five six seven eight nine ten.", token_ms=500)  # about 5 s
+    llm.configure(text="One two three four five six seven eight nine ten.", token_ms=800)  # about 8 s
     worker = threading.Thread(target=lambda: (answer_generate(message_id=answer.id), connection.close()))
     worker.start()
     swept = []
     try:
-        # Sweep well past the lease taken with the claim, as beat would on a busy minute.
-        deadline = time.monotonic() + 3.5
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not Message.objects.get(id=answer.id).prompt_tokens:
+            time.sleep(0.01)  # streaming, its lease last set by the record
+        # Sweep for well over a lease, as beat would on a busy minute: only the beats' renewals keep it alive.
+        until = time.monotonic() + 5
+        while time.monotonic() < until:
             swept.append(answers_recover_stuck())
             time.sleep(0.1)
         status = Message.objects.get(id=answer.id).status
@@ -211,32 +214,65 @@ def test_a_long_answer_renews_its_lease_so_the_sweep_leaves_it_streaming(prices,
 
 
 def test_a_worker_that_stalled_past_its_lease_stops_and_keeps_the_sweeps_ending(prices, llm, redis_client,
-                                                                                 settings) -> None:
+                                                                                 settings, monkeypatch) -> None:
     settings.CHAT_ANSWER_LEASE_SECONDS = 30
     settings.CHAT_SLOT_HEARTBEAT_SECONDS = 0.2
+    stalled = threading.Event()
+    renew = services._answer_renew_lease
+    monkeypatch.setattr(services, "_answer_renew_lease",
+                        lambda message_id: True if stalled.is_set() else renew(message_id))
     user = chat_user()
     warm_up()
     answer = chat_ask(user=user, question="What is it?", conversation=conversation_create(user=user))
-    llm.configure(text="One two three four five six seven eight nine ten.", tokens=60, token_ms=100)  # ~6 s
+    # Two seconds between tokens: the sweep below closes the answer between two of them.
+    llm.configure(text="One two three four five six seven eight nine ten.", token_ms=2000)
     worker = threading.Thread(target=lambda: (answer_generate(message_id=answer.id), connection.close()))
     worker.start()
     try:
         key = events.stream_key(answer.id)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and redis_client.xlen(key) < 5:
-            time.sleep(0.02)
-        # As if this worker had stalled (a long GC pause, a frozen VM) while the lease ran out.
+        # The first token streamed, and the record (which renews the lease too) written.
+        while time.monotonic() < deadline and (redis_client.xlen(key) < 2
+                                               or not Message.objects.get(id=answer.id).prompt_tokens):
+            time.sleep(0.01)
+        stalled.set()  # as if this worker froze (a long pause, a suspended VM) while its lease ran out
         Message.objects.filter(id=answer.id).update(lease_until=timezone.now() - timedelta(seconds=1))
         recovery = answers_recover_stuck()
+        stalled.clear()
     finally:
         worker.join(30)
 
     assert recovery.closed == [answer.id]
     message = Message.objects.get(id=answer.id)
-    assert (message.status, message.error_code) == ("done", "interrupted")
-    assert message.content.startswith("One two three") and len(message.content.split()) < 60
+    assert (message.status, message.error_code, message.content) == ("done", "interrupted", "One")
     kinds = [fields[b"t"] for _, fields in redis_client.xrange(events.stream_key(answer.id))]
-    assert kinds.count(b"done") == 1 and kinds[-1] == b"done"
+    assert kinds == [b"start", b"token", b"error", b"citations", b"done"]
     assert UsageRecord.objects.filter(request_id=answer.request_id).count() == 1
     sent = llm.chat_requests[0]
-    assert sent.outcome == "cancelled" and sent.tokens_sent < 60  # the model was stopped, not run to the end
+    assert sent.outcome == "cancelled" and sent.tokens_sent < 3  # the model was stopped at its next beat
+
+
+def test_a_run_that_fails_after_its_claim_hands_the_answer_to_the_next_run(prices, llm, monkeypatch) -> None:
+    from django.db import OperationalError
+
+    user = chat_user()
+    answer = chat_ask(user=user, question="What is it?", conversation=conversation_create(user=user))
+
+    def search_fails(*args, **kwargs):
+        raise RuntimeError("the search index is unreachable")
+
+    def database_fails(*args, **kwargs):
+        raise OperationalError("the server closed the connection unexpectedly")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(services, "_retrieve", search_fails)
+        patched.setattr(services, "_answer_fail_before_stream", database_fails)
+        with pytest.raises(OperationalError):
+            answer_generate(message_id=answer.id)
+    assert Message.objects.get(id=answer.id).status == Message.Status.STREAMING
+
+    answer_generate(message_id=answer.id)  # the task's retry, a second later: not left to wait for the lease
+
+    message = Message.objects.get(id=answer.id)
+    assert (message.status, message.finish_reason, message.error_code) == ("done", "error", "interrupted")
+    assert llm.chat_requests == []

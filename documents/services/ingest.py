@@ -30,6 +30,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from billing.exceptions import LimiterUnavailable
 from billing.limiter import LimitExceeded
 from billing.services import quota_check, usage_record
 from documents.ingestion.extract import ExtractionLimits, extract_sections, pdf_page_count
@@ -205,9 +206,8 @@ def document_ingest(*, document_id: int) -> IngestReport:
             return IngestReport(Outcome.FAILED, document_id, error=exc.message)
         except LimitExceeded:
             message = (
-                "Your monthly token quota does not cover this document, so it was not processed (anything "
-                "embedded before the quota ran out is billed); upload it again when the quota renews or after "
-                "upgrading your plan."
+                "Your monthly token quota is used up, so this document was not processed; "
+                "upload it again when the quota renews or after upgrading your plan."
             )
             _finish(document, status=Document.Status.FAILED, error=message)
             return IngestReport(Outcome.FAILED, document_id, error=message)
@@ -297,10 +297,7 @@ def _run(document: Document) -> IngestReport:
     try:
         with _ChunkWriter(document) as writer:
             for batch in _batched(drafts, settings.INGEST_STORE_BATCH):
-                # Against what this run has embedded but not billed yet: a document bigger than the quota left
-                # stops when it runs out (billed for what it embedded) instead of being embedded whole. The
-                # chunks' own counts stand in for the batch's tokens (the embedder adds each title header).
-                quota_check(user=document.owner, tokens=embedding_tokens + sum(d.token_count for d in batch))
+                _quota_check_batch(document, unbilled=embedding_tokens + sum(d.token_count for d in batch))
                 with clock.stage("embed"):
                     embedded = embedder.embed_documents([embedding_text(document.title, draft) for draft in batch])
                 embedding_tokens += embedded.prompt_tokens
@@ -365,6 +362,23 @@ def _run(document: Document) -> IngestReport:
         embedding_tokens=embedding_tokens,
         seconds=clock.report() | {"total": time.perf_counter() - started},
     )
+
+
+def _quota_check_batch(document: Document, *, unbilled: int) -> None:
+    """Against what this run has embedded but not billed yet: a document bigger than the quota left stops when it
+    runs out (billed for what it embedded) instead of being embedded whole. The chunks' own counts stand in for
+    the batch's tokens (the embedder adds each one's title header), so a run may pass the quota by a header per
+    chunk of one batch; runs of one owner at once do not see each other's unbilled tokens."""
+    try:
+        quota_check(user=document.owner, tokens=unbilled)
+    except LimitExceeded as exc:
+        raise IngestionError(
+            "Your monthly token quota ran out while this document was processed, so it was stopped (what was "
+            "embedded before is billed); upload it again when the quota renews or after upgrading your plan."
+        ) from exc
+    except LimiterUnavailable:
+        # The run was admitted at its start; a Redis blip mid-run must not fail it and have it embedded again.
+        logger.warning("quota not checked for a batch of document %s: the limiter is unavailable", document.id)
 
 
 def _embedding_spend_record(

@@ -135,21 +135,22 @@ def test_exhausted_token_quota_fails_the_document_with_the_reason(celery_workers
     document = wait_for(post_file(b"Nothing will be embedded.\n", name="q.txt").json()["id"])
 
     assert document.status == "failed"
-    assert "monthly token quota does not cover this document" in document.error
+    assert "monthly token quota is used up" in document.error
     assert not Chunk.objects.filter(document=document).exists()
 
 
 def test_a_document_bigger_than_the_quota_left_stops_when_the_quota_runs_out(celery_workers, post_file):
     catalog_ensure()
-    quota = 600
+    # A batch (4 chunks here) is about 600 tokens: the first fits, the second would pass the quota.
+    quota = 1000
     Plan.objects.filter(is_default=True).update(monthly_token_quota=quota)
     paragraphs = [f"Paragraph {n} about the boiler: " + "the pressure gauge reads between one and two bar. " * 12
-                  for n in range(30)]
+                  for n in range(50)]
 
     document = wait_for(post_file("\n\n".join(paragraphs).encode(), name="big.txt").json()["id"])
 
     assert document.status == "failed"
-    assert "monthly token quota does not cover this document" in document.error
+    assert "quota ran out while this document was processed" in document.error
     billed = UsageRecord.objects.get(document_id=document.id, kind="embedding")
     assert 0 < billed.prompt_tokens <= quota
     assert sum(len(p.split()) for p in paragraphs) > 4 * quota  # embedded whole, it would have cost far more
