@@ -435,7 +435,7 @@ async def _generate(runtime: Runtime, message_id: int) -> None:
             stream.cancel()
         # The first beat at once: the answer may have waited in the queue for most of its slot's lifetime. The
         # lease was taken with the claim and renewed by the record; the beats renew it from the second on.
-        first_beat, renewed_at = True, time.monotonic()
+        first_beat, renewed_at, fenced = True, time.monotonic(), False
         while not stream.done():
             try:
                 if first_beat:
@@ -453,6 +453,7 @@ async def _generate(runtime: Runtime, message_id: int) -> None:
                     # writes its ending beside this worker's tokens; what was streamed is saved as usual.
                     logger.warning("answer %s could not renew its lease; stopping its stream", message_id)
                     stream.cancel()
+                    fenced = True
             try:
                 if not await llm_heartbeat_async(reservation=job.reservation):
                     logger.warning("answer %s outlived its concurrency slot", message_id)
@@ -465,6 +466,10 @@ async def _generate(runtime: Runtime, message_id: int) -> None:
     with contextlib.suppress(Exception):
         await record
     outcome = Outcome(cancelled=True) if stream.cancelled() else stream.result()
+    if fenced and outcome.cancelled:  # stopped by this worker, not by its user
+        outcome.cancelled = False
+        outcome.error = ProviderError("unavailable", "The answer was stopped because the server could not keep "
+                                                     "track of it; the part received so far was kept.")
     if outcome.first_token_at is not None:
         logger.debug("answer %s: queued %.1f ms, prepared in %.1f ms (retrieval %s ms), first token %.1f ms later",
                      message_id, (entered - job.created_at) * 1000, (prepared - entered) * 1000,

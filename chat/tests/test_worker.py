@@ -276,3 +276,30 @@ def test_a_run_that_fails_after_its_claim_hands_the_answer_to_the_next_run(price
     message = Message.objects.get(id=answer.id)
     assert (message.status, message.finish_reason, message.error_code) == ("done", "error", "interrupted")
     assert llm.chat_requests == []
+
+
+def test_a_worker_that_cannot_renew_its_lease_stops_its_model_before_the_lease_runs_out(
+    prices, llm, settings, monkeypatch
+) -> None:
+    from django.db import OperationalError
+
+    settings.CHAT_ANSWER_LEASE_SECONDS = 1.5
+    settings.CHAT_SLOT_HEARTBEAT_SECONDS = 0.2
+
+    def database_down(message_id: int) -> bool:
+        raise OperationalError("could not connect to server")
+
+    monkeypatch.setattr(services, "_answer_renew_lease", database_down)
+    user = chat_user()
+    warm_up()
+    answer = chat_ask(user=user, question="What is it?", conversation=conversation_create(user=user))
+    llm.configure(text="One two three four five six seven eight nine ten.", token_ms=500)  # about 5 s
+
+    answer_generate(message_id=answer.id)
+
+    message = Message.objects.get(id=answer.id)
+    assert (message.status, message.finish_reason, message.error_code) == ("done", "error", "unavailable")
+    assert message.content.startswith("One") and len(message.content.split()) < 10
+    sent = llm.chat_requests[0]
+    assert sent.outcome == "cancelled" and sent.tokens_sent < 6  # stopped after 1 s of failed renewals, not 5 s
+    assert UsageRecord.objects.get(request_id=answer.request_id).completion_tokens == count_tokens(message.content)
