@@ -15,8 +15,8 @@ class Migration(migrations.Migration):
             model_name="message",
             index=models.Index(
                 condition=models.Q(("status__in", ["pending", "streaming"])),
-                fields=["lease_until"],
-                name="message_unfinished_lease",
+                fields=["id"],
+                name="message_unfinished",
             ),
         ),
     ]
