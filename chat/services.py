@@ -437,23 +437,22 @@ async def _generate(runtime: Runtime, message_id: int) -> None:
         # lease was taken with the claim and renewed by the record; the beats renew it from the second on.
         first_beat, renewed_at, fenced = True, time.monotonic(), False
         while not stream.done():
-            try:
-                if first_beat:
-                    pass
-                elif await runtime.db(_answer_renew_lease, message_id):
-                    renewed_at = time.monotonic()
-                else:
-                    # Closed meanwhile as abandoned (this worker stalled past its lease): stop spending on it.
-                    logger.warning("answer %s lost its lease; stopping its stream", message_id)
-                    stream.cancel()
-            except Exception:
-                logger.warning("lease renewal failed for answer %s", message_id, exc_info=True)
-                if time.monotonic() - renewed_at > settings.CHAT_ANSWER_LEASE_SECONDS * 2 / 3:
-                    # Stopped before the lease runs out, so that the sweep that will close the answer never
-                    # writes its ending beside this worker's tokens; what was streamed is saved as usual.
-                    logger.warning("answer %s could not renew its lease; stopping its stream", message_id)
-                    stream.cancel()
-                    fenced = True
+            if not first_beat:
+                try:
+                    if await runtime.db(_answer_renew_lease, message_id):
+                        renewed_at = time.monotonic()
+                    else:
+                        # Closed meanwhile as abandoned (this worker stalled past its lease): stop spending on it.
+                        logger.warning("answer %s lost its lease; stopping its stream", message_id)
+                        stream.cancel()
+                except Exception:
+                    logger.warning("lease renewal failed for answer %s", message_id, exc_info=True)
+                    if time.monotonic() - renewed_at > settings.CHAT_ANSWER_LEASE_SECONDS * 2 / 3:
+                        # Stopped before the lease runs out, so that the sweep that will close the answer never
+                        # writes its ending beside this worker's tokens; what was streamed is saved as usual.
+                        logger.warning("answer %s could not renew its lease; stopping its stream", message_id)
+                        stream.cancel()
+                        fenced = True
             try:
                 if not await llm_heartbeat_async(reservation=job.reservation):
                     logger.warning("answer %s outlived its concurrency slot", message_id)
@@ -742,7 +741,8 @@ def answers_recover_stuck(*, limit: int = 1000) -> Recovery:
     with transaction.atomic():
         requeued = list(unfinished.filter(status=Message.Status.PENDING).select_for_update(skip_locked=True)
                         .only("id", "conversation_id", "model")[:limit])
-        Message.objects.filter(id__in=[answer.id for answer in requeued]).update(
+        requeued_ids = [answer.id for answer in requeued]
+        Message.objects.filter(id__in=requeued_ids).update(
             lease_until=_lease_from_now(settings.CHAT_ANSWER_QUEUE_SECONDS))
         for answer in requeued:
             transaction.on_commit(functools.partial(_send_again, answer), robust=True)
@@ -753,7 +753,6 @@ def answers_recover_stuck(*, limit: int = 1000) -> Recovery:
                 closed.append(answer_id)
         except Exception:
             logger.exception("could not close abandoned answer %s", answer_id)
-    requeued_ids = [answer.id for answer in requeued]
     if requeued or given_up or closed:
         logger.warning("stuck answers: sent %s again, gave up %s, closed %s", requeued_ids, given_up, closed)
     return Recovery(requeued=requeued_ids, given_up=given_up, closed=closed)

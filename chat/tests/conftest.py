@@ -18,6 +18,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from accounts.models import User
 from accounts.services import api_key_create
+from chat.models import Message
 from config.testing import fake_openai
 from config.testing.fake_openai import FakeOpenAI
 
@@ -60,6 +61,15 @@ def prices(db) -> None:
 def live(celery_workers, asgi_server, llm, prices) -> str:
     """The whole path: ASGI server, a real llm worker, Redis, Postgres and the fake model. Base URL."""
     return asgi_server
+
+
+def wait_finished(message_id: int, timeout: float = 20) -> Message:
+    """The answer once a worker has finished it (status done), read back from the database."""
+    deadline = time.monotonic() + timeout
+    while (message := Message.objects.get(id=message_id)).status != Message.Status.DONE:
+        assert time.monotonic() < deadline, f"answer {message_id} is still {message.status}"
+        time.sleep(0.05)
+    return message
 
 
 def session_cookie(user: User) -> str:

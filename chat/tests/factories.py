@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from decimal import Decimal
 from unittest import mock
@@ -58,10 +57,8 @@ def answer_left_streaming(tokens: list[str], *, lease_left: float | None, asked_
     whose lease ends `lease_left` seconds from now: a worker killed mid-stream when that is negative."""
     answer = answer_left_pending(lease_left=lease_left, asked_ago=asked_ago)
     Message.objects.filter(id=answer.id).update(status=Message.Status.STREAMING, prompt_tokens=120)
-    for seq, text in enumerate(tokens, start=2):
-        events.redis_client().xadd(events.stream_key(answer.id), {
-            "t": "token", "e": json.dumps({"type": "token", "seq": seq, "text": text}),
-        }, id=f"{seq}-0")
+    events.append(answer.id, [events.event(seq, "token", message_id=answer.id, text=text)
+                              for seq, text in enumerate(tokens, start=2)])
     return Message.objects.get(id=answer.id)
 
 

@@ -14,7 +14,7 @@ from chat import events
 from chat.models import Message
 from chat.prompting import count_tokens
 from chat.services import chat_ask, conversation_create, message_cancel
-from chat.tests.conftest import ChatSocket, api_key, sse_events
+from chat.tests.conftest import ChatSocket, api_key, sse_events, wait_finished
 from chat.tests.factories import chat_user
 
 ANSWER = "The boiler must be serviced once a year by a certified engineer, says the manual."
@@ -276,14 +276,6 @@ def _database_fails_once(monkeypatch, settings, name: str) -> list[int]:
     return calls
 
 
-def _wait_finished(message_id: int, timeout: float = 20) -> Message:
-    deadline = time.monotonic() + timeout
-    while (message := Message.objects.get(id=message_id)).status != Message.Status.DONE:
-        assert time.monotonic() < deadline, f"answer {message_id} is still {message.status}"
-        time.sleep(0.05)
-    return message
-
-
 @pytest.mark.django_db(transaction=True)
 def test_an_answer_whose_claim_failed_on_the_database_is_answered_by_a_second_run(
     live, llm, settings, monkeypatch
@@ -294,7 +286,7 @@ def test_an_answer_whose_claim_failed_on_the_database_is_answered_by_a_second_ru
 
     conversation = conversation_create(user=user)
     answer = chat_ask(user=user, question="How often is the boiler serviced?", conversation=conversation)
-    saved = _wait_finished(answer.id)
+    saved = wait_finished(answer.id)
 
     assert len(calls) == 2
     assert (saved.finish_reason, saved.error_code, saved.content) == ("stop", "", ANSWER)
@@ -313,7 +305,7 @@ def test_an_answer_whose_save_failed_is_saved_by_a_second_run_as_its_readers_saw
     with ChatSocket(live, conversation.id, user) as socket:
         socket.send(type="ask", message="How often is the boiler serviced?")
         received = socket.until("done")
-    saved = _wait_finished(received[0]["message_id"])
+    saved = wait_finished(received[0]["message_id"])
 
     assert len(calls) == 1  # the second run closes the answer instead of streaming it again
     assert len(llm.chat_requests) == 1

@@ -4,7 +4,6 @@ real llm worker answering what the sweep sends again."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from django.conf import settings
@@ -16,19 +15,10 @@ from chat import events
 from chat.models import Message
 from chat.prompting import count_tokens
 from chat.tasks import generate_answer, recover_stuck_answers
+from chat.tests.conftest import wait_finished
 from chat.tests.factories import answer_left_pending, answer_left_streaming
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _wait_until_done(message_id: int, timeout: float = 30) -> Message:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        message = Message.objects.get(id=message_id)
-        if message.status == Message.Status.DONE:
-            return message
-        time.sleep(0.05)
-    raise AssertionError(f"answer {message_id} is still {message.status}")
 
 
 def test_the_sweep_sends_a_lost_answer_again_and_closes_one_whose_worker_is_gone(
@@ -47,7 +37,7 @@ def test_the_sweep_sends_a_lost_answer_again_and_closes_one_whose_worker_is_gone
     assert (closed.status, closed.error_code, closed.content) == ("done", "interrupted", "Bleed the ")
     record = UsageRecord.objects.get(request_id=abandoned.request_id)
     assert (record.prompt_tokens, record.completion_tokens) == (120, count_tokens("Bleed the "))
-    answered = _wait_until_done(lost.id)
+    answered = wait_finished(lost.id, timeout=30)
     assert (answered.finish_reason, answered.content) == ("stop", "Bleed the radiators first.")
     assert UsageRecord.objects.filter(request_id=lost.request_id).count() == 1
     assert Message.objects.get(id=queued.id).status == Message.Status.PENDING
