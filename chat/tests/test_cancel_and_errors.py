@@ -259,12 +259,12 @@ def test_long_stream_keeps_its_concurrency_slot_with_heartbeats(live, llm, setti
 
 
 def _database_fails_once(monkeypatch, settings, name: str) -> list[int]:
-    """Makes chat.services.`name` fail on the database at its first call only, with the task's runs again a
+    """Makes the worker's `name` fail on the database at its first call only, with the task's runs again a
     tenth of a second apart; returns the list of its calls."""
-    import chat.services
+    from chat.services import answering
 
     settings.CHAT_TASK_RETRY_BACKOFF_SECONDS = 0.1
-    real, calls = getattr(chat.services, name), []
+    real, calls = getattr(answering, name), []
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -272,7 +272,7 @@ def _database_fails_once(monkeypatch, settings, name: str) -> list[int]:
             raise OperationalError("the database went away")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(chat.services, name, flaky)
+    monkeypatch.setattr(answering, name, flaky)
     return calls
 
 

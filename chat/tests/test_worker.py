@@ -11,19 +11,11 @@ from django.db import connection
 from django.utils import timezone
 
 from billing.models import UsageRecord
-from chat import events, services
+from chat import events
 from chat.models import Message
 from chat.prompting import count_tokens
-from chat.services import (
-    _answer_claim,
-    _answer_head,
-    _answer_record,
-    answer_generate,
-    answers_recover_stuck,
-    chat_ask,
-    conversation_create,
-    warm_up,
-)
+from chat.services import answer_generate, answering, answers_recover_stuck, chat_ask, conversation_create, warm_up
+from chat.services.answering import _answer_claim, _answer_head, _answer_record
 from chat.tests.factories import answer_left_streaming, chat_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -218,8 +210,8 @@ def test_a_worker_that_stalled_past_its_lease_stops_and_keeps_the_sweeps_ending(
     settings.CHAT_ANSWER_LEASE_SECONDS = 30
     settings.CHAT_SLOT_HEARTBEAT_SECONDS = 0.2
     stalled = threading.Event()
-    renew = services._answer_renew_lease
-    monkeypatch.setattr(services, "_answer_renew_lease",
+    renew = answering._answer_renew_lease
+    monkeypatch.setattr(answering, "_answer_renew_lease",
                         lambda message_id: True if stalled.is_set() else renew(message_id))
     user = chat_user()
     warm_up()
@@ -265,8 +257,8 @@ def test_a_run_that_fails_after_its_claim_hands_the_answer_to_the_next_run(price
         raise OperationalError("the server closed the connection unexpectedly")
 
     with monkeypatch.context() as patched:
-        patched.setattr(services, "_retrieve", search_fails)
-        patched.setattr(services, "_answer_fail_before_stream", database_fails)
+        patched.setattr(answering, "_retrieve", search_fails)
+        patched.setattr(answering, "_answer_fail_before_stream", database_fails)
         with pytest.raises(OperationalError):
             answer_generate(message_id=answer.id)
     assert Message.objects.get(id=answer.id).status == Message.Status.STREAMING
@@ -289,7 +281,7 @@ def test_a_worker_that_cannot_renew_its_lease_stops_its_model_before_the_lease_r
     def database_down(message_id: int) -> bool:
         raise OperationalError("could not connect to server")
 
-    monkeypatch.setattr(services, "_answer_renew_lease", database_down)
+    monkeypatch.setattr(answering, "_answer_renew_lease", database_down)
     user = chat_user()
     warm_up()
     answer = chat_ask(user=user, question="What is it?", conversation=conversation_create(user=user))
