@@ -384,10 +384,13 @@ def _quota_check_batch(document: Document, *, unbilled: int) -> None:
 def _embedding_spend_record(
     document: Document, *, model: str, tokens: int, clock: _StageClock, strict: bool = False
 ) -> None:
-    """The run's embedding tokens on the owner's ledger, once per attempt. `strict`: errors propagate (a finished
+    """The run's embedding tokens on the owner's ledger, once per run. `strict`: errors propagate (a finished
     run); otherwise they are logged, so that the error that stopped the run is the one that surfaces."""
     if not tokens:
         return
+    # Keyed by the run's start, not only its attempt number: a re-upload, a retry from the admin or a reindex
+    # starts the attempts again at 1, and a ledger key seen before would record that run's spend as a duplicate.
+    run = f"{document.attempts}:{document.processing_started_at:%Y%m%dT%H%M%S.%f}"
     try:
         usage_record(
             user=document.owner,
@@ -395,7 +398,7 @@ def _embedding_spend_record(
             model=model,
             prompt_tokens=tokens,
             latency_ms=int(clock.seconds["embed"] * 1000),
-            request_id=f"embed:{document.id}:{document.attempts}",
+            request_id=f"embed:{document.id}:{run}",
             document_id=document.id,
         )
     except Exception:

@@ -9,6 +9,7 @@ import pytest
 from django.db import connection
 
 from billing.models import Plan, UsageRecord
+from billing.selectors import usage_summary
 from billing.services import catalog_ensure
 from documents.ingestion.types import TransientIngestionError
 from documents.models import Chunk, Document, LexemeCount
@@ -71,7 +72,7 @@ def test_pdf_upload_becomes_ready_with_pages_chunks_and_tokens(celery_workers, p
     assert all(len(chunk.embedding) == 384 for chunk in chunks)
     apples = [chunk for chunk in chunks if "apples" in chunk.text]
     assert LexemeCount.objects.get(document=document, lexeme="appl").chunks == len(apples)
-    usage = UsageRecord.objects.get(request_id=f"embed:{document.id}:1")
+    usage = UsageRecord.objects.get(request_id__startswith=f"embed:{document.id}:1:")
     assert (usage.kind, usage.user_id, usage.document_id) == ("embedding", document.owner_id, document.id)
     # Billed tokens include the title header embedded with each chunk (see `embedding_text`).
     assert usage.prompt_tokens > document.token_count
@@ -154,6 +155,29 @@ def test_a_document_bigger_than_the_quota_left_stops_when_the_quota_runs_out(cel
     billed = UsageRecord.objects.get(document_id=document.id, kind="embedding")
     assert 0 < billed.prompt_tokens <= quota
     assert sum(len(p.split()) for p in paragraphs) > 4 * quota  # embedded whole, it would have cost far more
+
+
+def test_a_document_uploaded_again_after_the_quota_stopped_it_is_billed_for_its_new_run(celery_workers, post_file):
+    catalog_ensure()
+    Plan.objects.filter(is_default=True).update(monthly_token_quota=1000)
+    text = "\n\n".join(f"Paragraph {n} about the boiler: " + "the pressure gauge reads between one and two bar. " * 12
+                       for n in range(50)).encode()
+    stopped = wait_for(post_file(text, name="big.txt").json()["id"])
+    assert stopped.status == "failed" and stopped.attempts == 1
+    first = UsageRecord.objects.get(document_id=stopped.id, kind="embedding")
+
+    Plan.objects.filter(is_default=True).update(monthly_token_quota=10_000_000)  # the quota renewed or upgraded
+    again = post_file(text, name="big.txt")  # the same content: the failed document is queued again
+    document = wait_for(again.json()["id"], statuses=("ready",))
+
+    # The new run starts its attempts at 1 again; its spend is a new ledger row, not a duplicate of the first.
+    assert (document.id, document.attempts) == (stopped.id, 1)
+    runs = list(UsageRecord.objects.filter(document_id=document.id, kind="embedding").order_by("id"))
+    assert [row.id for row in runs[:1]] == [first.id] and len(runs) == 2
+    assert runs[1].prompt_tokens > document.token_count > first.prompt_tokens
+    # The live counter that admits the owner's next requests holds both runs.
+    live_quota = usage_summary(user=document.owner)["current"]["quota"]
+    assert live_quota["used"] == first.prompt_tokens + runs[1].prompt_tokens
 
 
 def test_running_the_task_again_for_a_ready_document_changes_nothing(celery_workers, post_file):
