@@ -1,4 +1,5 @@
-"""Stripe: a checkout session to upgrade, and the webhook events that keep Subscription in step with Stripe.
+"""Stripe: a checkout session for a new subscription or a price change of the live one, and the webhook events that
+keep Subscription in step with Stripe.
 
 Without STRIPE_SECRET_KEY nothing here is reachable from the UI: admins assign plans. Events are applied at most
 once (StripeEvent, unique on the event id, written in the same transaction as the change) and an event older
@@ -51,11 +52,32 @@ def _client() -> stripe.StripeClient:
     return stripe.StripeClient(settings.STRIPE_SECRET_KEY, base_addresses=base, max_network_retries=1)
 
 
-def checkout_session_create(*, user: User, plan: Plan, success_url: str, cancel_url: str) -> str:
-    """Starts a Stripe Checkout for `plan`; returns the URL to send the user to."""
+# A user whose Stripe subscription is in one of these is being billed by it (past due: Stripe is still retrying).
+_LIVE = (Subscription.Status.ACTIVE, Subscription.Status.TRIALING, Subscription.Status.PAST_DUE)
+
+
+def plan_purchase(*, user: User, plan: Plan, success_url: str, cancel_url: str) -> str | None:
+    """Start buying `plan`. Returns the URL of a Stripe Checkout for a new subscription; or None for a user who
+    already pays through Stripe, once that subscription was moved to the plan's price (Stripe prorates it).
+
+    A second Checkout would have left such a user paying for two subscriptions, the older one's renewals and
+    cancellation then overwriting the plan they had switched to."""
     if not plan.stripe_price_id or not plan.is_active:
         raise PaymentsNotConfigured(f"The {plan.name} plan cannot be bought online; contact us to get it.")
     subscription = subscription_get_or_create(user=user)
+    client = _client()
+    if subscription.stripe_subscription_id and subscription.status in _LIVE:
+        current = client.v1.subscriptions.retrieve(subscription.stripe_subscription_id)
+        if _STATUS.get(current["status"]) in _LIVE:
+            item = current["items"]["data"][0]
+            if item["price"]["id"] != plan.stripe_price_id:
+                client.v1.subscriptions.update(subscription.stripe_subscription_id, params={
+                    "items": [{"id": item["id"], "price": plan.stripe_price_id}],
+                    "proration_behavior": "create_prorations",
+                    "metadata": {"user_id": str(user.pk), "plan": plan.slug},
+                })
+            # Our row follows with Stripe's customer.subscription.updated event, as for every other change.
+            return None
     metadata = {"user_id": str(user.pk), "plan": plan.slug}
     params: dict[str, Any] = {
         "mode": "subscription",
@@ -71,7 +93,7 @@ def checkout_session_create(*, user: User, plan: Plan, success_url: str, cancel_
         params["customer"] = subscription.stripe_customer_id
     else:
         params["customer_email"] = user.email
-    session = _client().v1.checkout.sessions.create(params=params)
+    session = client.v1.checkout.sessions.create(params=params)
     return session.url
 
 
@@ -138,6 +160,14 @@ def _find_subscription(*, stripe_subscription_id: str | None, customer: str | No
     return None
 
 
+def _not_followed(subscription: Subscription, stripe_subscription_id: str | None) -> bool:
+    """An event about another Stripe subscription of the customer than the live one the user's row follows (one
+    left over from before a switch): applying it would put its plan, period or cancellation on the user."""
+    return bool(stripe_subscription_id and subscription.stripe_subscription_id
+                and stripe_subscription_id != subscription.stripe_subscription_id
+                and subscription.status != Subscription.Status.CANCELED)
+
+
 def _is_stale(subscription: Subscription, event: dict[str, Any]) -> bool:
     created = _ts(event.get("created"))
     if created is None:
@@ -191,6 +221,8 @@ def _on_subscription_changed(event: dict[str, Any]) -> str:
                                       user_id=(obj.get("metadata") or {}).get("user_id"))
     if subscription is None:
         return "ignored: no matching subscription"
+    if _not_followed(subscription, obj.get("id")):
+        return f"ignored: {obj.get('id')} is not the user's current subscription"
     if _is_stale(subscription, event):
         return "ignored: older than the last event applied"
     deleted = event["type"] == "customer.subscription.deleted"
@@ -223,6 +255,8 @@ def _on_payment_failed(event: dict[str, Any]) -> str:
                                       customer=invoice.get("customer"), user_id=None)
     if subscription is None:
         return "ignored: no matching subscription"
+    if _not_followed(subscription, stripe_subscription_id):
+        return f"ignored: {stripe_subscription_id} is not the user's current subscription"
     if _is_stale(subscription, event):
         return "ignored: older than the last event applied"
     subscription.status = Subscription.Status.PAST_DUE

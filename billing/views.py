@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 
 from billing.charts import daily_chart_svg
 from billing.exceptions import PaymentsNotConfigured, WebhookRejected
-from billing.payments import checkout_session_create, payments_enabled, stripe_event_apply, stripe_event_verify
+from billing.payments import payments_enabled, plan_purchase, stripe_event_apply, stripe_event_verify
 from billing.selectors import plan_get, plan_list_offered, usage_daily, usage_summary
 from billing.services import subscription_get_or_create
 
@@ -50,14 +50,18 @@ def checkout(request: HttpRequest, slug: str) -> HttpResponse:
         raise Http404("No such plan.")
     plans_url = request.build_absolute_uri(reverse("billing_plans"))
     try:
-        url = checkout_session_create(user=request.user, plan=plan, success_url=f"{plans_url}?checkout=success",
-                                      cancel_url=plans_url)
+        url = plan_purchase(user=request.user, plan=plan, success_url=f"{plans_url}?checkout=success",
+                            cancel_url=plans_url)
     except PaymentsNotConfigured as exc:
         messages.error(request, exc.message)
         return redirect("billing_plans")
     except stripe.StripeError:
         logger.exception("stripe checkout failed for user %s", request.user.pk)
         messages.error(request, "We could not reach the payment provider. Nothing was charged; try again shortly.")
+        return redirect("billing_plans")
+    if url is None:  # the user's Stripe subscription was moved to this plan: no new checkout
+        messages.success(request, f"Your subscription is moving to the {plan.name} plan; Stripe prorates the "
+                                  "difference on your next invoice. The new limits apply once Stripe confirms.")
         return redirect("billing_plans")
     return redirect(url)
 

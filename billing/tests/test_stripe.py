@@ -71,11 +71,11 @@ def _checkout_completed(user, plan: str = "pro", **kwargs) -> dict:
 
 
 def _stripe_subscription(status: str, price: str = "price_pro", start: int | None = None,
-                         end: int | None = None) -> dict:
+                         end: int | None = None, stripe_id: str = "sub_123") -> dict:
     start = start or int(time.time())
     end = end or start + 30 * 86400
     return {
-        "id": "sub_123",
+        "id": stripe_id,
         "object": "subscription",
         "customer": "cus_123",
         "status": status,
@@ -207,6 +207,39 @@ def test_an_event_older_than_the_last_applied_one_is_not_applied(plans):
     assert StripeEvent.objects.filter(outcome__startswith="ignored: older").count() == 1
 
 
+def test_events_of_a_subscription_the_user_left_do_not_touch_the_live_one(plans):
+    """A customer with a leftover subscription (bought before a switch): its renewal, its failed payment and its
+    cancellation are recorded, and the plan, status and period of the subscription the user pays for stay."""
+    user = UserFactory()
+    _post(_checkout_completed(user, plan="team"))
+    before = Subscription.objects.get(user=user)
+    old = _stripe_subscription("active", price="price_pro", start=int(time.time()) - 86400, stripe_id="sub_old")
+    invoice = {"object": "invoice", "customer": "cus_123",
+               "parent": {"subscription_details": {"subscription": "sub_old"}}}
+
+    for event in (_event("customer.subscription.updated", old), _event("invoice.payment_failed", invoice),
+                  _event("customer.subscription.deleted", old | {"status": "canceled"})):
+        assert _post(event).status_code == 200
+
+    after = Subscription.objects.get(user=user)
+    assert (after.plan.slug, after.status, after.stripe_subscription_id) == ("team", "active", "sub_123")
+    assert after.current_period_start == before.current_period_start
+    assert StripeEvent.objects.filter(outcome="ignored: sub_old is not the user's current subscription").count() == 3
+
+
+def test_a_new_subscription_takes_over_from_a_canceled_one(plans):
+    user = UserFactory()
+    _post(_checkout_completed(user))
+    _post(_event("customer.subscription.deleted", _stripe_subscription("canceled")))
+
+    _post(_event("customer.subscription.updated", _stripe_subscription("active", price="price_team",
+                                                                       stripe_id="sub_new")))
+
+    subscription = Subscription.objects.get(user=user)
+    assert (subscription.plan.slug, subscription.status, subscription.stripe_subscription_id) == (
+        "team", "active", "sub_new")
+
+
 def test_unhandled_event_types_are_acknowledged(plans):
     response = _post(_event("customer.created", {"object": "customer", "id": "cus_9"}))
 
@@ -215,14 +248,30 @@ def test_unhandled_event_types_are_acknowledged(plans):
 
 
 class _FakeStripe(BaseHTTPRequestHandler):
+    """Checkout sessions, and the subscriptions `subscriptions` holds (retrieved and updated)."""
+
     requests: list[tuple[str, dict, str]] = []
+    subscriptions: dict[str, dict] = {}
+
+    def do_GET(self) -> None:
+        self.requests.append((f"GET {self.path}", {}, self.headers.get("Authorization", "")))
+        found = self.subscriptions.get(self.path.removeprefix("/v1/subscriptions/"))
+        self._reply(found or {"error": {"type": "invalid_request_error", "message": "No such subscription"}},
+                    200 if found else 404)
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"])).decode()
         self.requests.append((self.path, parse_qs(body), self.headers.get("Authorization", "")))
-        reply = json.dumps({"id": "cs_test_1", "object": "checkout.session",
-                            "url": "https://checkout.stripe.test/c/pay/cs_test_1"}).encode()
-        self.send_response(200)
+        if self.path.startswith("/v1/subscriptions/"):
+            self.do_GET()
+            self.requests.pop()
+            return
+        self._reply({"id": "cs_test_1", "object": "checkout.session",
+                     "url": "https://checkout.stripe.test/c/pay/cs_test_1"})
+
+    def _reply(self, body: dict, status: int = 200) -> None:
+        reply = json.dumps(body).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(reply)))
         self.end_headers()
@@ -234,7 +283,7 @@ class _FakeStripe(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_stripe(settings) -> Iterator[list]:
-    _FakeStripe.requests = []
+    _FakeStripe.requests, _FakeStripe.subscriptions = [], {}
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeStripe)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -284,3 +333,41 @@ def test_checkout_without_stripe_keys_says_payments_are_not_configured(plans, se
     response = client.post(reverse("billing_checkout", args=["pro"]), follow=True)
 
     assert "Payments are not configured" in response.content.decode()
+
+
+def _paying_for_pro(user, *, stripe_status: str) -> Client:
+    """`user` pays for Pro through Stripe subscription sub_123, whose status at Stripe is `stripe_status`."""
+    _post(_checkout_completed(user))
+    item = {"id": "si_1", "object": "subscription_item", "price": {"id": "price_pro", "object": "price"}}
+    _FakeStripe.subscriptions["sub_123"] = {"id": "sub_123", "object": "subscription", "status": stripe_status,
+                                            "customer": "cus_123", "items": {"object": "list", "data": [item]}}
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_a_paying_user_switching_plans_moves_their_subscription_instead_of_buying_a_second(plans, fake_stripe):
+    user = UserFactory()
+    client = _paying_for_pro(user, stripe_status="active")
+
+    response = client.post(reverse("billing_checkout", args=["team"]), follow=True)
+
+    assert [path for path, _, _ in fake_stripe] == ["GET /v1/subscriptions/sub_123", "/v1/subscriptions/sub_123"]
+    form = fake_stripe[1][1]
+    assert (form["items[0][id]"], form["items[0][price]"]) == (["si_1"], ["price_team"])
+    assert form["proration_behavior"] == ["create_prorations"]
+    assert form["metadata[plan]"] == ["team"]
+    assert "Your subscription is moving to the Team plan" in response.content.decode()
+    # The row changes with Stripe's event, not before.
+    assert Subscription.objects.get(user=user).plan.slug == "pro"
+
+
+def test_a_user_whose_stripe_subscription_ended_there_gets_a_new_checkout(plans, fake_stripe):
+    user = UserFactory()
+    client = _paying_for_pro(user, stripe_status="canceled")  # the deleted event has not reached us yet
+
+    response = client.post(reverse("billing_checkout", args=["team"]))
+
+    assert response["Location"] == "https://checkout.stripe.test/c/pay/cs_test_1"
+    assert [path for path, _, _ in fake_stripe] == ["GET /v1/subscriptions/sub_123", "/v1/checkout/sessions"]
+    assert fake_stripe[1][1]["customer"] == ["cus_123"]
