@@ -376,13 +376,15 @@ class _Hub:
                     if key == self.wake_key:
                         self._wake_last = entries[-1][0]
                         continue
-                    group = self.followers.get(key)
-                    if not group:
+                    # Not a reader that joined behind this read's start: what the read skipped would be lost
+                    # to it. The next read starts from where it stands.
+                    covered = [follower for follower in self.followers.get(key, ()) if follower.last >= starts[key]]
+                    if not covered:
                         continue
                     for entry_id, fields in entries:
                         seq = int(entry_id.split(b"-", 1)[0])
                         item = Event(seq, fields[b"t"].decode(), fields[b"e"].decode())
-                        for follower in group:
+                        for follower in covered:
                             if seq > follower.last:
                                 follower.push(item)
                 if reply and len(self.followers) >= self.BATCH_FROM_STREAMS:

@@ -137,6 +137,36 @@ def test_reader_joining_behind_the_read_under_way_still_gets_every_event(message
     assert ahead_seqs == list(range(11, 16))
 
 
+def test_reader_joining_behind_gets_nothing_from_the_read_under_way_before_what_it_missed(message_ids) -> None:
+    # Found in review: the hub's XREAD from 12 returned with 13 before the joiner's wake-up, and handed 13 to a
+    # reader standing at 10, whose position then jumped past 11 and 12.
+    message_id = message_ids[0]
+    _write(message_id, 1, 12)
+
+    async def run() -> tuple[list[int], list[int]]:
+        ahead = asyncio.create_task(_read(message_id, after=12))
+        await asyncio.sleep(0.05)  # waiting in the hub's XREAD, from 12
+        hub = events._hub()
+        behind = events._Follower(events.stream_key(message_id), 10)
+        wake = hub.add(behind)
+        assert wake is not None  # the read under way does not cover it
+        _write(message_id, 13, 13)  # in Redis before the wake-up, whose task has not run yet
+        await wake
+        seqs: list[int] = []
+        while 13 not in seqs:
+            batch = await behind.next_batch(5)
+            assert batch, "the reader behind got nothing"
+            seqs += [item.seq for item in batch]
+        hub.remove(behind)
+        _write(message_id, 14, 14, done=True)
+        return seqs, await asyncio.wait_for(ahead, 10)
+
+    behind_seqs, ahead_seqs = asyncio.run(run())
+
+    assert behind_seqs == [11, 12, 13]
+    assert ahead_seqs == [13, 14, 15]
+
+
 def test_a_hub_left_without_readers_closes_its_connection_and_the_process_exits_cleanly(message_ids) -> None:
     # Kept open for the next reader, the idle hub's connection outlived its closed loop, and the interpreter's
     # exit printed "Exception ignored in: Redis.__del__ ... RuntimeError: Event loop is closed" (seen after test runs).
