@@ -166,6 +166,11 @@ async def message_stream_api(request: HttpRequest, message_id: int) -> HttpRespo
         message = await db(message_get)(user=user, message_id=message_id)
     except Exception as exc:
         return _error_response(exc)
+    if message.role != Message.Role.ASSISTANT:
+        return _error_response(exceptions.NotFound("Only answers have an event stream."))
+    if message.is_finished and after >= message.last_seq:
+        # The client has every event, `done` included: 204 is what stops an EventSource from reconnecting.
+        return HttpResponse(status=204)
     return _event_stream(user, message.id, after=after)
 
 

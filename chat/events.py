@@ -432,13 +432,17 @@ async def follow(
     the question is accepted): everything is read live, without the first look."""
     client = async_redis()
     key = stream_key(message_id)
-    # What is there already, in one look (a missing stream is noticed at once); then live, through the hub.
+    # What is there already, in one look (a missing stream, or one that ended at or before `after`, is noticed
+    # at once); then live, through the hub.
     reply, exists = [], True
     if not fresh:
         async with client.pipeline(transaction=False) as pipe:
             pipe.xread({key: f"{after}-0"}, count=1000)
-            pipe.exists(key)
-            reply, exists = await pipe.execute()
+            pipe.xrevrange(key, count=1)
+            reply, tail = await pipe.execute()
+        exists = bool(tail)
+        if not reply and exists and tail[0][1][b"t"] == TERMINAL.encode():
+            return  # the reader has seen the end (a client reconnecting after `done`): nothing will follow
     last = after
     while reply:
         entries = reply[0][1]

@@ -107,6 +107,8 @@ def _message_stream() -> dict[str, Any]:
         ],
         "responses": {
             "200": {"description": "The answer's events.", "content": _EVENT_STREAM},
+            "204": {"description": "The answer is finished and the client has seen its `done`: nothing follows "
+                                   "(an EventSource stops reconnecting)."},
             "400": _ERROR, "401": _ERROR, "403": _ERROR, "404": _ERROR,
         },
     }

@@ -173,6 +173,33 @@ def test_sse_streams_events_and_resumes_from_last_event_id(live, llm) -> None:
     assert [int(event["id"]) for event in tail] == list(range(30, len(received) + 1))
 
 
+def test_a_client_that_has_seen_done_is_told_at_once_that_nothing_follows(live, llm) -> None:
+    """An EventSource reconnects after the server closes at `done`, with that id: it used to wait a heartbeat
+    (15 s) for events that never come, get an empty 200, and reconnect again, as did a socket's resume."""
+    user = chat_user()
+    key = api_key(user)
+    llm.configure(text=ANSWER, token_ms=2)
+    response = httpx.post(f"{live}/api/v1/chat/", json={"message": "What does gnuplot draw?"},
+                          headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    message = Message.objects.get(id=response.json()["id"])
+    url = f"{live}/api/v1/chat/messages/{message.id}/stream"
+    auth = {"Authorization": f"Bearer {key}"}
+
+    again = httpx.get(url, headers=auth | {"Last-Event-ID": str(message.last_seq)}, timeout=5)
+    question = Message.objects.get(conversation_id=message.conversation_id, role=Message.Role.USER)
+    not_an_answer = httpx.get(f"{live}/api/v1/chat/messages/{question.id}/stream", headers=auth, timeout=5)
+    with ChatSocket(live, message.conversation_id, user) as socket:
+        socket.send(type="resume", message_id=message.id, after=message.last_seq)
+        time.sleep(0.5)  # a heartbeat (15 s) shorter than the relay used to wait
+        socket.send(type="ask", message="And what else?")  # not refused as busy: the resume has ended
+        asked = socket.until("done")
+
+    assert (again.status_code, again.content) == (204, b"")
+    assert not_an_answer.status_code == 404
+    assert asked[0]["type"] == "start" and asked[0]["message_id"] != message.id
+    assert asked[-1]["finish_reason"] == "stop"
+
+
 def test_stream_of_an_expired_answer_is_rebuilt_from_the_saved_message(live, llm, redis_client) -> None:
     user = chat_user()
     key = api_key(user)
