@@ -68,6 +68,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if self.relay is not None:
             self.relay.cancel()
 
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+        # Channels raises on a frame without text, which ended the consumer without its disconnect (the relay of
+        # an answer it followed stayed in the hub until the answer ended).
+        if not text_data:
+            await self._error("invalid_request", "Send JSON in text frames.")
+            return
+        await self.receive_json(await self.decode_json(text_data), **kwargs)
+
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         kind = content.get("type") if isinstance(content, dict) else None
         handler = {"ask": self._ask, "cancel": self._cancel, "resume": self._resume}.get(kind)

@@ -11,12 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chat.openai_compat.errors import OpenAIError, invalid
-from chat.services import is_storable_text
+from chat.services import MAX_DOCUMENT_IDS, is_storable_text
 
 ROLES = ("system", "developer", "user", "assistant")
 INSTRUCTION_ROLES = ("system", "developer")
 MAX_EMBEDDING_INPUTS = 2048
-MAX_DOCUMENT_IDS = 100
 DOCENT_FIELDS = ("retrieval", "document_ids", "store")
 
 

@@ -9,6 +9,7 @@ settles the reservation, whatever the outcome.
 
 from chat.services.answering import answer_generate, warm_up
 from chat.services.asking import (
+    MAX_DOCUMENT_IDS,
     ChatError,
     InvalidDocuments,
     InvalidQuestion,
@@ -24,6 +25,7 @@ from chat.services.leases import Recovery, answers_recover_stuck
 from chat.services.reservations import reservation_dump, reservation_load
 
 __all__ = [
+    "MAX_DOCUMENT_IDS",
     "ChatError",
     "InvalidDocuments",
     "InvalidQuestion",

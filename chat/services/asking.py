@@ -33,6 +33,7 @@ from documents.selectors import document_list
 logger = logging.getLogger(__name__)
 
 TITLE_CHARS = 80
+MAX_DOCUMENT_IDS = 100
 
 
 class ChatError(Exception):
@@ -99,6 +100,8 @@ def _document_ids(user: User, document_ids: list[Any] | None) -> list[int]:
         isinstance(i, int) and not isinstance(i, bool) for i in document_ids
     ):
         raise InvalidDocuments("document_ids must be a list of document ids.")
+    if len(document_ids) > MAX_DOCUMENT_IDS:
+        raise InvalidDocuments(f"document_ids may list at most {MAX_DOCUMENT_IDS} documents.")
     wanted = sorted(set(document_ids))
     found = set(document_list(user=user).filter(id__in=wanted).values_list("id", flat=True))
     missing = [i for i in wanted if i not in found]

@@ -364,6 +364,27 @@ def test_a_question_postgres_cannot_store_is_refused_and_the_socket_carries_on(l
     assert Message.objects.filter(conversation=conversation).count() == 2  # only the valid question and its answer
 
 
+def test_frames_without_text_and_overlong_document_lists_are_refused_and_the_socket_carries_on(live, llm) -> None:
+    user = chat_user()
+    conversation = conversation_create(user=user)
+    llm.configure(text=ANSWER, token_ms=2)
+
+    with ChatSocket(live, conversation.id, user) as socket:
+        refusals = []
+        for frame in (b"\x00\x01binary", b"", ""):
+            socket.connection.send(frame)
+            refusals.append(socket.recv())
+        socket.send(type="ask", message="What does gnuplot draw?", document_ids=list(range(1, 10_001)))
+        refusals.append(socket.recv())
+        socket.send(type="ask", message="What does gnuplot draw?")
+        answered = socket.until("done")
+
+    assert [(r["type"], r["code"]) for r in refusals] == [("error", "invalid_request")] * 3 + [
+        ("error", "invalid_documents")]
+    assert "at most 100 documents" in refusals[-1]["message"]
+    assert answered[-1]["finish_reason"] == "stop"
+
+
 def test_a_reader_is_closed_from_the_saved_answer_when_the_stream_never_got_its_end(
     live, llm, settings, monkeypatch
 ) -> None:
