@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,6 +31,8 @@ from chat.selectors import conversation_get, conversation_list, message_find, me
 from chat.serializers import AskIn, ConversationOut, MessageOut
 from chat.services import ChatError, chat_ask, message_cancel
 from config.api import APIError, paginate, paginated
+
+logger = logging.getLogger(__name__)
 
 
 def _authenticate(request: HttpRequest) -> User:
@@ -84,6 +87,12 @@ def _ask(*, user: User, data: dict[str, Any]) -> Message:
                     document_ids=data.get("document_ids"))
 
 
+_STREAM_FAILED = b"event: error\ndata: " + json.dumps({
+    "type": "error", "code": "stream_failed",
+    "message": "Lost the answer's stream; reconnect with Last-Event-ID to resume it.",
+}).encode() + b"\n\n"
+
+
 def _event_stream(user: User, message_id: int, after: int, *, fresh: bool = False) -> StreamingHttpResponse:
     async def load() -> Message | None:
         return await db(message_find)(user=user, message_id=message_id)
@@ -93,9 +102,14 @@ def _event_stream(user: User, message_id: int, after: int, *, fresh: bool = Fals
         followed = events.follow(message_id, after=after, heartbeat=settings.CHAT_SSE_HEARTBEAT_SECONDS,
                                  load_message=load, fresh=fresh)
         # Closed as soon as the client goes, not when the generator is collected: the reader leaves the hub now.
-        async with contextlib.aclosing(followed):
-            async for item in followed:
-                yield b": keep-alive\n\n" if item is None else item.sse()
+        try:
+            async with contextlib.aclosing(followed):
+                async for item in followed:
+                    yield b": keep-alive\n\n" if item is None else item.sse()
+        except Exception:
+            # Said before the connection ends, without an id: the client resumes from the last event it has.
+            logger.exception("event stream of answer %s failed", message_id)
+            yield _STREAM_FAILED
 
     response = StreamingHttpResponse(body(), content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache, no-transform"

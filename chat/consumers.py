@@ -161,3 +161,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         except Exception:
             logger.exception("relay of answer %s failed", message_id)
             await self._error("stream_failed", "Lost the answer's stream; reconnect to resume it.")
+            # Closed, so that the client resumes as after any dropped connection (the page reconnects on close);
+            # left open, the page kept the answer busy until it was reloaded.
+            await self.close(code=1011)

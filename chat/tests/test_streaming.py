@@ -9,6 +9,7 @@ from decimal import Decimal
 import httpx
 import pytest
 from django.conf import settings
+from websockets.exceptions import ConnectionClosed
 
 from billing.models import UsageRecord
 from chat import events
@@ -383,6 +384,81 @@ def test_frames_without_text_and_overlong_document_lists_are_refused_and_the_soc
         ("error", "invalid_documents")]
     assert "at most 100 documents" in refusals[-1]["message"]
     assert answered[-1]["finish_reason"] == "stop"
+
+
+def _kill_event_readers(redis_client) -> int:
+    """Drops the connections blocked in an XREAD on this run's Redis database (the web process' event hub), as
+    a Redis restart or a network blip would."""
+    database = redis_client.connection_pool.connection_kwargs.get("db", 0)
+    readers = [c for c in redis_client.client_list() if c["cmd"] == "xread" and int(c["db"]) == database]
+    for reader in readers:
+        redis_client.client_kill_filter(_id=reader["id"])
+    return len(readers)
+
+
+def _wait_for_event_reader(redis_client) -> None:
+    deadline = time.monotonic() + 5
+    database = redis_client.connection_pool.connection_kwargs.get("db", 0)
+    while not any(c["cmd"] == "xread" and int(c["db"]) == database for c in redis_client.client_list()):
+        assert time.monotonic() < deadline, "no reader waits in an XREAD"
+        time.sleep(0.02)
+
+
+def test_a_socket_whose_event_reader_failed_is_closed_and_the_reconnect_resumes_every_token(
+    live, llm, redis_client
+) -> None:
+    user = chat_user()
+    conversation = conversation_create(user=user)
+    llm.configure(tokens=30, token_ms=50)
+
+    with ChatSocket(live, conversation.id, user) as socket:
+        socket.send(type="ask", message="Stream it")
+        first = [socket.recv() for _ in range(4)]
+        _wait_for_event_reader(redis_client)
+        assert _kill_event_readers(redis_client) >= 1
+        received = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                received.append(socket.recv())
+    message_id = first[0]["message_id"]
+    seen = first + [event for event in received if event.get("message_id") == message_id]
+    with ChatSocket(live, conversation.id, user) as socket:
+        socket.send(type="resume", message_id=message_id, after=seen[-1]["seq"])
+        rest = socket.until("done")
+
+    assert closed.value.rcvd.code == 1011
+    assert [event["code"] for event in received if event["type"] == "error"] == ["stream_failed"]
+    everything = seen + rest
+    assert [event["seq"] for event in everything] == list(range(1, len(everything) + 1))
+    tokens = "".join(event["text"] for event in everything if event["type"] == "token")
+    assert tokens == everything[-1]["content"] and everything[-1]["finish_reason"] == "stop"
+
+
+def test_an_sse_stream_whose_event_reader_failed_says_so_and_resumes_from_its_last_id(live, llm, redis_client) -> None:
+    user = chat_user()
+    key = api_key(user)
+    llm.configure(tokens=30, token_ms=50)
+    headers = {"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}
+
+    with httpx.stream("POST", f"{live}/api/v1/chat/", json={"message": "Stream it"}, headers=headers,
+                      timeout=10) as response:
+        lines = response.iter_lines()
+        first = sse_events(lines, stop_after=4)
+        _wait_for_event_reader(redis_client)
+        assert _kill_event_readers(redis_client) >= 1
+        after_failure = sse_events(lines)  # ends: the server closes the stream
+    message_id = first[0]["data"]["message_id"]
+    seen = first + [event for event in after_failure if "id" in event]
+    with httpx.stream("GET", f"{live}/api/v1/chat/messages/{message_id}/stream",
+                      headers={"Authorization": f"Bearer {key}", "Last-Event-ID": seen[-1]["id"]},
+                      timeout=10) as response:
+        rest = sse_events(response)
+
+    failure = after_failure[-1]
+    assert (failure["event"], failure["data"]["code"]) == ("error", "stream_failed") and "id" not in failure
+    everything = seen + rest
+    assert [int(event["id"]) for event in everything] == list(range(1, len(everything) + 1))
+    assert everything[-1]["event"] == "done" and everything[-1]["data"]["finish_reason"] == "stop"
 
 
 def test_a_reader_is_closed_from_the_saved_answer_when_the_stream_never_got_its_end(
