@@ -293,6 +293,12 @@ async def _streamed(call: _Call) -> HttpResponse:
             if call.request.include_usage:
                 yield writer.usage(state.usage.get("prompt_tokens", 0), state.usage.get("completion_tokens", 0))
             yield frames.DONE_FRAME
+        except Exception:
+            # The events of the answer could not be read on (Redis failed): the client hears why before the end,
+            # as the SDKs raise it, rather than a stream cut off mid-body. The answer is stopped below.
+            logger.exception("stream of completion %s failed", call.id)
+            yield frames.error_frame({"error": {"message": "Lost the answer's stream; please try again.",
+                                                "type": "server_error", "code": "stream_failed", "param": None}})
         finally:
             # Reached through a cancelled task or the response's generator being closed when the client left.
             if not ended:

@@ -136,3 +136,21 @@ def sse_events(source: httpx.Response | Iterator[str], *, stop_after: int | None
         field, _, value = line.partition(": ")
         current[field] = json.loads(value) if field == "data" else value
     return events
+
+
+def kill_event_readers(redis_client) -> int:
+    """Drops the connections blocked in an XREAD on this run's Redis database (the web process' event hub), as
+    a Redis restart or a network blip would."""
+    database = redis_client.connection_pool.connection_kwargs.get("db", 0)
+    readers = [c for c in redis_client.client_list() if c["cmd"] == "xread" and int(c["db"]) == database]
+    for reader in readers:
+        redis_client.client_kill_filter(_id=reader["id"])
+    return len(readers)
+
+
+def wait_for_event_reader(redis_client) -> None:
+    deadline = time.monotonic() + 5
+    database = redis_client.connection_pool.connection_kwargs.get("db", 0)
+    while not any(c["cmd"] == "xread" and int(c["db"]) == database for c in redis_client.client_list()):
+        assert time.monotonic() < deadline, "no reader waits in an XREAD"
+        time.sleep(0.02)

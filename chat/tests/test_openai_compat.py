@@ -23,7 +23,7 @@ from chat.models import Conversation, Message
 from chat.openai_compat.errors import OpenAIError
 from chat.openai_compat.parsing import parse_completion, parse_embedding
 from chat.prompting import DATA_FOOTER, DATA_HEADER, SYSTEM_PROMPT
-from chat.tests.conftest import api_key
+from chat.tests.conftest import api_key, kill_event_readers, wait_for_event_reader
 from chat.tests.factories import chat_user, document_with_chunks
 from documents.embedders import configured_embedder
 
@@ -338,6 +338,27 @@ def test_model_failure_after_the_first_token_ends_the_stream_with_an_error(sdk, 
     assert caught.value.body["code"] == "provider_error"
     record = wait_for(lambda: UsageRecord.objects.filter(user=user).first())
     assert record.completion_tokens > 0  # the partial answer was generated, so it is billed
+
+
+@live_db
+def test_a_stream_whose_event_reader_failed_ends_with_an_error_the_sdk_raises(sdk, llm, redis_client) -> None:
+    user = chat_user()
+    llm.configure(text="alpha beta gamma delta", tokens=400, token_ms=20)
+
+    stream = sdk(user).chat.completions.create(model="gpt-4o-mini", stream=True,
+                                               messages=[{"role": "user", "content": QUESTION}])
+    received = 0
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                received += 1
+                if received == 3:
+                    wait_for_event_reader(redis_client)
+                    assert kill_event_readers(redis_client) >= 1
+
+    assert caught.value.body["code"] == "stream_failed"
+    llm.wait_until(lambda: llm.cancelled, timeout=5)  # the answer nobody can read on is stopped
+    assert llm.cancelled[0].tokens_sent < 400
 
 
 @live_db

@@ -16,7 +16,7 @@ from chat import events
 from chat.models import Conversation, Message
 from chat.prompting import DATA_FOOTER, DATA_HEADER, count_tokens
 from chat.services import conversation_create
-from chat.tests.conftest import ChatSocket, api_key, sse_events
+from chat.tests.conftest import ChatSocket, api_key, kill_event_readers, sse_events, wait_for_event_reader
 from chat.tests.factories import SMALL_MODEL, chat_user, document_with_chunks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -386,24 +386,6 @@ def test_frames_without_text_and_overlong_document_lists_are_refused_and_the_soc
     assert answered[-1]["finish_reason"] == "stop"
 
 
-def _kill_event_readers(redis_client) -> int:
-    """Drops the connections blocked in an XREAD on this run's Redis database (the web process' event hub), as
-    a Redis restart or a network blip would."""
-    database = redis_client.connection_pool.connection_kwargs.get("db", 0)
-    readers = [c for c in redis_client.client_list() if c["cmd"] == "xread" and int(c["db"]) == database]
-    for reader in readers:
-        redis_client.client_kill_filter(_id=reader["id"])
-    return len(readers)
-
-
-def _wait_for_event_reader(redis_client) -> None:
-    deadline = time.monotonic() + 5
-    database = redis_client.connection_pool.connection_kwargs.get("db", 0)
-    while not any(c["cmd"] == "xread" and int(c["db"]) == database for c in redis_client.client_list()):
-        assert time.monotonic() < deadline, "no reader waits in an XREAD"
-        time.sleep(0.02)
-
-
 def test_a_socket_whose_event_reader_failed_is_closed_and_the_reconnect_resumes_every_token(
     live, llm, redis_client
 ) -> None:
@@ -414,8 +396,8 @@ def test_a_socket_whose_event_reader_failed_is_closed_and_the_reconnect_resumes_
     with ChatSocket(live, conversation.id, user) as socket:
         socket.send(type="ask", message="Stream it")
         first = [socket.recv() for _ in range(4)]
-        _wait_for_event_reader(redis_client)
-        assert _kill_event_readers(redis_client) >= 1
+        wait_for_event_reader(redis_client)
+        assert kill_event_readers(redis_client) >= 1
         received = []
         with pytest.raises(ConnectionClosed) as closed:
             while True:
@@ -444,8 +426,8 @@ def test_an_sse_stream_whose_event_reader_failed_says_so_and_resumes_from_its_la
                       timeout=10) as response:
         lines = response.iter_lines()
         first = sse_events(lines, stop_after=4)
-        _wait_for_event_reader(redis_client)
-        assert _kill_event_readers(redis_client) >= 1
+        wait_for_event_reader(redis_client)
+        assert kill_event_readers(redis_client) >= 1
         after_failure = sse_events(lines)  # ends: the server closes the stream
     message_id = first[0]["data"]["message_id"]
     seen = first + [event for event in after_failure if "id" in event]
