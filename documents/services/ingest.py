@@ -146,6 +146,7 @@ def _claim(document_id: int) -> Document | None:
             return None
         if document.attempts >= settings.INGEST_MAX_ATTEMPTS:
             # Every earlier attempt was counted when it started and none finished: a poison document.
+            chunks_delete(document_id=document.id)
             document.status = Document.Status.FAILED
             document.error = _interrupted_message(document.attempts)
             document.save(update_fields=["status", "error", "updated_at"])
@@ -166,6 +167,10 @@ def _claim(document_id: int) -> Document | None:
 
 def _finish(document: Document, *, status: str, error: str = "") -> None:
     """Record a failure (or a return to the queue) unless the document is gone."""
+    if status == Document.Status.FAILED:
+        # What the run stored before it failed: search never reads a failed document's chunks, but they would
+        # hold their space in the tables and the vector index, uncounted, until the document was deleted.
+        chunks_delete(document_id=document.id)
     updated = Document.objects.filter(id=document.id).update(
         status=status,
         error=error,

@@ -155,6 +155,9 @@ def test_a_document_bigger_than_the_quota_left_stops_when_the_quota_runs_out(cel
     billed = UsageRecord.objects.get(document_id=document.id, kind="embedding")
     assert 0 < billed.prompt_tokens <= quota
     assert sum(len(p.split()) for p in paragraphs) > 4 * quota  # embedded whole, it would have cost far more
+    # The batches stored before the quota ran out are not left in the tables and the index.
+    assert not Chunk.objects.filter(document=document).exists()
+    assert not LexemeCount.objects.filter(document=document).exists()
 
 
 def test_a_document_uploaded_again_after_the_quota_stopped_it_is_billed_for_its_new_run(celery_workers, post_file):
