@@ -153,6 +153,11 @@ def document_create(*, owner: User, upload: UploadedFile, title: str | None = No
             existing = Document.objects.filter(owner=owner, sha256=sha256).first()
             if existing is not None:
                 if existing.status == Document.Status.FAILED:
+                    # The same bytes: they take the stored file's place, which may be what went missing ("The
+                    # uploaded file is missing from storage; upload it again").
+                    stored = Path(settings.MEDIA_ROOT) / existing.file.name
+                    stored.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(temp_path, stored)
                     document_requeue(document=existing, reset_attempts=True)
                 return existing, False
             document_count, storage_bytes = _owner_usage(owner)

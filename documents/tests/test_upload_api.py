@@ -108,6 +108,21 @@ def test_uploading_a_failed_document_again_queues_it_again(post_file, user):
     assert documents_requeue_stuck() == []  # just queued: not mistaken for a queued document that was lost
 
 
+def test_uploading_again_a_document_whose_file_went_missing_puts_the_file_back(post_file, user, media_root):
+    first = post_file(hostile_files.sample_pdf()).json()
+    document = Document.objects.get(id=first["id"])
+    stored = Path(document.file.path)
+    stored.unlink()
+    Document.objects.filter(id=document.id).update(
+        status="failed", error="The uploaded file is missing from storage; upload it again.")
+
+    again = post_file(hostile_files.sample_pdf())
+
+    assert (again.status_code, again.json()["id"], again.json()["status"]) == (200, document.id, "queued")
+    assert stored.read_bytes() == hostile_files.sample_pdf()
+    assert [path for path in media_root.rglob("*") if path.is_file()] == [stored]  # and no stray copy
+
+
 @pytest.mark.parametrize(
     ("builder", "name", "words"),
     [
