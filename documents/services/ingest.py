@@ -44,6 +44,7 @@ from documents.services.store import (
     lexeme_counts_store,
     vector_column_dimensions,
 )
+from documents.services.uploads import _enqueue_ingest
 
 logger = logging.getLogger(__name__)
 
@@ -165,21 +166,38 @@ def _claim(document_id: int) -> Document | None:
     return document
 
 
+class QueuedAgain(Exception):
+    """The document was queued again while this run processed it (a reindex, an admin's re-ingest): the run's
+    result is not the one asked for last."""
+
+
+def _queued_again(current: Document, claimed: Document) -> bool:
+    # Every requeue (an upload again, an admin's re-ingest, a reindex) sets `queued`; every claim its own start.
+    return (current.status != Document.Status.PROCESSING
+            or current.processing_started_at != claimed.processing_started_at)
+
+
 def _finish(document: Document, *, status: str, error: str = "") -> None:
-    """Record a failure (or a return to the queue) unless the document is gone."""
-    if status == Document.Status.FAILED:
-        # What the run stored before it failed: search never reads a failed document's chunks, but they would
-        # hold their space in the tables and the vector index, uncounted, until the document was deleted.
-        chunks_delete(document_id=document.id)
-    updated = Document.objects.filter(id=document.id).update(
-        status=status,
-        error=error,
-        updated_at=timezone.now(),
-        **({"progress": 0} if status == Document.Status.QUEUED else {}),
-    )
-    if updated:
-        document.refresh_from_db()
-        document_push(document)
+    """Record a failure (or a return to the queue), unless the document is gone; raises QueuedAgain when it was
+    queued again during the run, and leaves it queued."""
+    with transaction.atomic():
+        current = Document.objects.select_for_update().filter(id=document.id).first()
+        if current is None:
+            return
+        if _queued_again(current, document):
+            raise QueuedAgain
+        if status == Document.Status.FAILED:
+            # What the run stored before it failed: search never reads a failed document's chunks, but they would
+            # hold their space in the tables and the vector index, uncounted, until the document was deleted.
+            chunks_delete(document_id=document.id)
+        Document.objects.filter(id=document.id).update(
+            status=status,
+            error=error,
+            updated_at=timezone.now(),
+            **({"progress": 0} if status == Document.Status.QUEUED else {}),
+        )
+    document.refresh_from_db()
+    document_push(document)
 
 
 def document_ingest(*, document_id: int) -> IngestReport:
@@ -187,49 +205,61 @@ def document_ingest(*, document_id: int) -> IngestReport:
 
     Permanent problems (a hostile or broken file, the quota) end as `failed` with a sentence for the
     user. A transient one (storage, the embedding provider) puts the document back in the queue and is
-    re-raised for the caller to retry later, until `INGEST_MAX_ATTEMPTS` attempts have been used.
+    re-raised for the caller to retry later, until `INGEST_MAX_ATTEMPTS` attempts have been used. A document
+    queued again while it was processed is left queued, and sent to the queue again once its lock is free (the
+    task queued with it found the lock held and went away).
     """
-    with _document_lock(document_id) as acquired:
-        if not acquired:
-            return IngestReport(Outcome.SKIPPED, document_id)
-        document = _claim(document_id)
-        if document is None:
-            return IngestReport(Outcome.SKIPPED, document_id)
-        try:
-            report = _run(document)
-        except DocumentVanished:
-            return IngestReport(Outcome.SKIPPED, document_id)
-        except TransientIngestionError as exc:
-            if document.attempts >= settings.INGEST_MAX_ATTEMPTS:
-                message = f"{exc.message} Gave up after {document.attempts} attempts; upload the file again later."
-                _finish(document, status=Document.Status.FAILED, error=message)
-                return IngestReport(Outcome.FAILED, document_id, error=message)
-            _finish(document, status=Document.Status.QUEUED, error=exc.message)
-            raise
-        except IngestionError as exc:
-            _finish(document, status=Document.Status.FAILED, error=exc.message)
-            return IngestReport(Outcome.FAILED, document_id, error=exc.message)
-        except LimitExceeded:
-            message = (
-                "Your monthly token quota is used up, so this document was not processed; "
-                "upload it again when the quota renews or after upgrading your plan."
-            )
+    try:
+        with _document_lock(document_id) as acquired:
+            if not acquired:
+                return IngestReport(Outcome.SKIPPED, document_id)
+            document = _claim(document_id)
+            if document is None:
+                return IngestReport(Outcome.SKIPPED, document_id)
+            return _ingest_claimed(document)
+    except QueuedAgain:
+        _enqueue_ingest(document_id)
+        return IngestReport(Outcome.SKIPPED, document_id)
+
+
+def _ingest_claimed(document: Document) -> IngestReport:
+    document_id = document.id
+    try:
+        return _run(document)
+    except DocumentVanished:
+        return IngestReport(Outcome.SKIPPED, document_id)
+    except TransientIngestionError as exc:
+        if document.attempts >= settings.INGEST_MAX_ATTEMPTS:
+            message = f"{exc.message} Gave up after {document.attempts} attempts; upload the file again later."
             _finish(document, status=Document.Status.FAILED, error=message)
             return IngestReport(Outcome.FAILED, document_id, error=message)
-        except SoftTimeLimitExceeded:
-            message = "Processing this document took too long and was stopped; split it into smaller files."
+        _finish(document, status=Document.Status.QUEUED, error=exc.message)
+        raise
+    except IngestionError as exc:
+        _finish(document, status=Document.Status.FAILED, error=exc.message)
+        return IngestReport(Outcome.FAILED, document_id, error=exc.message)
+    except LimitExceeded:
+        message = (
+            "Your monthly token quota is used up, so this document was not processed; "
+            "upload it again when the quota renews or after upgrading your plan."
+        )
+        _finish(document, status=Document.Status.FAILED, error=message)
+        return IngestReport(Outcome.FAILED, document_id, error=message)
+    except SoftTimeLimitExceeded:
+        message = "Processing this document took too long and was stopped; split it into smaller files."
+        _finish(document, status=Document.Status.FAILED, error=message)
+        return IngestReport(Outcome.FAILED, document_id, error=message)
+    except QueuedAgain:
+        raise
+    except Exception as exc:
+        logger.exception("ingestion of document %s failed unexpectedly", document_id)
+        transient = TransientIngestionError("Processing stopped on an unexpected error.")
+        if document.attempts >= settings.INGEST_MAX_ATTEMPTS:
+            message = f"{transient.message} Gave up after {document.attempts} attempts."
             _finish(document, status=Document.Status.FAILED, error=message)
             return IngestReport(Outcome.FAILED, document_id, error=message)
-        except Exception as exc:
-            logger.exception("ingestion of document %s failed unexpectedly", document_id)
-            transient = TransientIngestionError("Processing stopped on an unexpected error.")
-            if document.attempts >= settings.INGEST_MAX_ATTEMPTS:
-                message = f"{transient.message} Gave up after {document.attempts} attempts."
-                _finish(document, status=Document.Status.FAILED, error=message)
-                return IngestReport(Outcome.FAILED, document_id, error=message)
-            _finish(document, status=Document.Status.QUEUED, error=transient.message)
-            raise transient from exc
-        return report
+        _finish(document, status=Document.Status.QUEUED, error=transient.message)
+        raise transient from exc
 
 
 def _progress_estimator(document: Document, path: Path, limits: ExtractionLimits) -> Callable[[list[ChunkDraft]], int]:
@@ -347,6 +377,8 @@ def _run(document: Document) -> IngestReport:
         locked = Document.objects.select_for_update().filter(id=document.id).first()
         if locked is None:
             raise DocumentVanished
+        if _queued_again(locked, document):
+            raise QueuedAgain
         with clock.stage("store"):
             lexeme_counts_store(document_id=document.id, owner_id=document.owner_id)
         locked.status = Document.Status.READY
@@ -487,8 +519,6 @@ def documents_requeue_stuck(*, now: datetime | None = None) -> list[int]:
     Returns the ids queued again. The stuck time restarts for each, so a long backlog is not re-sent on
     every sweep.
     """
-    from documents.services.uploads import _enqueue_ingest
-
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.INGEST_STUCK_AFTER_SECONDS)
     candidates = Document.objects.filter(

@@ -183,6 +183,48 @@ def test_a_document_uploaded_again_after_the_quota_stopped_it_is_billed_for_its_
     assert live_quota["used"] == first.prompt_tokens + runs[1].prompt_tokens
 
 
+def _requeue(document: Document) -> None:
+    from documents.services import document_requeue
+
+    document_requeue(document=document)
+
+
+def _reindex(document: Document) -> None:
+    from documents.services.reindex import documents_reindex
+
+    documents_reindex(user=document.owner)
+
+
+@pytest.mark.parametrize("queue_again", [_requeue, _reindex], ids=["re-ingest", "reindex"])
+def test_a_document_queued_again_while_it_is_processed_is_processed_again(
+    celery_workers, post_file, monkeypatch, queue_again
+):
+    """A reindex or an admin's re-ingest during a run: the task queued with it finds the run's lock and goes
+    away, so the run used to mark the document ready with the result nobody asked for last."""
+    from documents.services import ingest as module
+
+    document = wait_for(post_file(hostile_files.sample_pdf()).json()["id"])
+    wait_idle(document.id)
+    Document.objects.filter(id=document.id).update(status="queued")
+    real_check, calls = module._quota_check_batch, []
+
+    def requeued_during_the_run(document, *, unbilled):
+        calls.append(1)
+        if len(calls) == 1:
+            queue_again(Document.objects.get(id=document.id))
+        return real_check(document, unbilled=unbilled)
+
+    monkeypatch.setattr(module, "_quota_check_batch", requeued_during_the_run)
+    report = document_ingest(document_id=document.id)  # this thread's run; the worker gets the requeue
+
+    assert report.outcome == "skipped"
+    done = wait_for(document.id, statuses=("ready",))
+    # The one the requeue asked for, after the first upload's run and this one (a reindex starts them again).
+    assert done.attempts == (3 if queue_again is _requeue else 1)
+    wait_idle(document.id)
+    assert_one_chunk_set(Document.objects.get(id=document.id))
+
+
 def test_running_the_task_again_for_a_ready_document_changes_nothing(celery_workers, post_file):
     document_id = post_file(hostile_files.sample_pdf()).json()["id"]
     wait_idle(document_id)
