@@ -90,8 +90,9 @@ def closing_events(message: Message) -> list[Event]:
     seq = message.last_seq - (2 if not message.error_code else 3)
     if message.error_code:
         seq += 1
+        retry = {"retry_after": message.error_retry_after} if message.error_retry_after is not None else {}
         events.append(event(seq, "error", message_id=message.id, code=message.error_code,
-                            message=message.error_message))
+                            message=message.error_message, **retry))
     seq += 1
     events.append(event(seq, "citations", message_id=message.id, citations=message.citations))
     seq += 1

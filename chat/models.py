@@ -43,6 +43,8 @@ class Message(models.Model):
     finish_reason = models.CharField(max_length=16, choices=FinishReason.choices, blank=True)
     error_code = models.CharField(max_length=50, blank=True)
     error_message = models.TextField(blank=True)
+    # Seconds to wait before asking again, for an error that is a rate limit (the model provider's).
+    error_retry_after = models.PositiveIntegerField(null=True, blank=True)
     # Assistant messages: the documents the question was restricted to (empty: all of the owner's).
     document_ids = models.JSONField(default=list, blank=True)
     # Assistant messages asked through the OpenAI-compatible API: the caller's system/developer messages (sent

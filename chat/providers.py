@@ -103,13 +103,9 @@ class OpenAIProvider:
         self.max_wait = max_wait
 
     def _retry_delay(self, exc: Exception, attempt: int) -> float:
-        response = getattr(exc, "response", None)
-        header = response.headers.get("retry-after") if response is not None else None
-        try:
-            if header is not None:
-                return min(self.max_wait, max(0.0, float(header)))
-        except ValueError:
-            pass
+        asked = _retry_after(exc)
+        if asked is not None:
+            return min(self.max_wait, asked)
         return min(self.max_wait, self.backoff * 2**attempt * (0.8 + 0.4 * random.random()))
 
     def _retryable(self, exc: Exception) -> bool:
@@ -164,7 +160,8 @@ class OpenAIProvider:
                     await asyncio.sleep(delay)
                     attempt += 1
                     continue
-                raise _final_error(openai, exc, self._retry_delay(exc, attempt)) from exc
+                # The provider's own wait, unclipped: it is the client's to honour, not this worker's.
+                raise _final_error(openai, exc, _retry_after(exc) or self._retry_delay(exc, attempt)) from exc
             if completion.finish_reason is None:
                 if not delivered and attempt < self.max_retries:
                     attempt += 1
@@ -480,6 +477,16 @@ def _chunk_texts(line: bytes, completion: Completion) -> list[str]:
         if text:
             texts.append(text)
     return texts
+
+
+def _retry_after(exc: Exception) -> float | None:
+    """The seconds a provider's Retry-After header asks for, if it sent one (HTTP dates are not used by them)."""
+    response = getattr(exc, "response", None)
+    header = response.headers.get("retry-after") if response is not None else None
+    try:
+        return max(0.0, float(header)) if header is not None else None
+    except ValueError:
+        return None
 
 
 def _final_error(openai, exc: Exception, retry_after: float) -> ProviderError:

@@ -26,10 +26,13 @@ class MessageOut(serializers.ModelSerializer):
             "document_ids", "model", "usage", "latency_ms", "created_at", "completed_at",
         ]
 
-    def get_error(self, message: Message) -> dict[str, str] | None:
+    def get_error(self, message: Message) -> dict[str, Any] | None:
         if not message.error_code:
             return None
-        return {"code": message.error_code, "message": message.error_message}
+        error = {"code": message.error_code, "message": message.error_message}
+        if message.error_retry_after is not None:
+            error["retry_after"] = message.error_retry_after
+        return error
 
     def get_usage(self, message: Message) -> dict[str, Any] | None:
         if message.role != Message.Role.ASSISTANT:

@@ -96,6 +96,7 @@ class _AnswerState:
     usage: dict[str, Any] = field(default_factory=dict)
     citations: list[dict[str, Any]] = field(default_factory=list)
     error: tuple[str, str] | None = None
+    retry_after: int | None = None
 
     def take(self, item: dict[str, Any]) -> str | None:
         """Record one event; returns the text of a token event."""
@@ -105,6 +106,7 @@ class _AnswerState:
             return item["text"]
         if kind == "error":
             self.error = (item.get("code") or "error", item.get("message") or "The answer failed.")
+            self.retry_after = item.get("retry_after")
         elif kind == "citations":
             self.citations = item.get("citations") or []
         elif kind == "done":
@@ -125,7 +127,9 @@ class _AnswerState:
             return None
         code, message = self.error
         if code in _RATE_LIMITED_CODES:
-            error = OpenAIError(429, message, type="requests", code="rate_limit_exceeded")
+            wait = {"retry_after": self.retry_after} if self.retry_after is not None else {}
+            error = OpenAIError(429, message, type="requests", code="rate_limit_exceeded",
+                                headers={"Retry-After": str(self.retry_after)} if wait else None, extra=wait)
         else:
             error = server_error(message, code=code)
         if self.parts:

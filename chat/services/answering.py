@@ -405,6 +405,7 @@ def _answer_finish(job: Job, outcome: Outcome) -> None:
             round((outcome.first_token_at - job.created_at) * 1000) if outcome.first_token_at else None
         ),
         total_ms=total_ms,
+        retry_after=outcome.error.retry_after if error else None,
     )
 
 

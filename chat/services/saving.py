@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from decimal import Decimal
 from typing import Any
 
@@ -63,8 +64,9 @@ def _answer_interrupted(message: Message) -> None:
 
 
 _ANSWER_FIELDS = [
-    "content", "content_tokens", "status", "finish_reason", "error_code", "error_message", "citations",
-    "prompt_tokens", "completion_tokens", "cost_usd", "first_token_ms", "total_ms", "last_seq", "completed_at",
+    "content", "content_tokens", "status", "finish_reason", "error_code", "error_message", "error_retry_after",
+    "citations", "prompt_tokens", "completion_tokens", "cost_usd", "first_token_ms", "total_ms", "last_seq",
+    "completed_at",
 ]
 
 
@@ -82,6 +84,7 @@ def _answer_save(
     seq: int,
     first_token_ms: int | None = None,
     total_ms: int | None = None,
+    retry_after: float | None = None,
     emit: bool = True,
 ) -> None:
     message.content = content
@@ -90,6 +93,7 @@ def _answer_save(
     message.status = Message.Status.DONE
     message.finish_reason = finish_reason
     message.error_code, message.error_message = error or ("", "")
+    message.error_retry_after = math.ceil(retry_after) if error and retry_after is not None else None
     message.citations = citations
     message.prompt_tokens = prompt_tokens
     message.completion_tokens = completion_tokens

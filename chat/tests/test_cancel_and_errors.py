@@ -151,6 +151,30 @@ def test_provider_failing_every_retry_ends_with_an_error_event_and_charges_nothi
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_model_providers_rate_limit_reaches_the_client_with_its_retry_after(live, llm, settings) -> None:
+    """The spec's error event carries retry_after for limits; the provider's wait was dropped on the way."""
+    settings.OPENAI_MAX_RETRIES = 0
+    user = chat_user()
+    conversation = conversation_create(user=user)
+    llm.enqueue(error=429, retry_after=60)  # longer than the worker would wait itself (8 s): the client's to honour
+
+    with ChatSocket(live, conversation.id, user) as socket:
+        socket.send(type="ask", message="How often?")
+        received = socket.until("done")
+    message_id = received[0]["message_id"]
+    saved = httpx.get(f"{live}/api/v1/chat/messages/{message_id}/", timeout=10,
+                      headers={"Authorization": f"Bearer {api_key(user)}"}).json()
+    with httpx.stream("GET", f"{live}/api/v1/chat/messages/{message_id}/stream?after=1", timeout=10,
+                      headers={"Authorization": f"Bearer {api_key(user)}"}) as response:
+        replayed = sse_events(response)
+
+    error = received[1]
+    assert (error["type"], error["code"], error["retry_after"]) == ("error", "provider_rate_limited", 60)
+    assert saved["error"] == {"code": "provider_rate_limited", "message": error["message"], "retry_after": 60}
+    assert replayed[0]["data"]["retry_after"] == 60
+
+
+@pytest.mark.django_db(transaction=True)
 def test_stream_dropped_after_the_first_token_ends_with_an_error_and_bills_the_partial_answer(live, llm) -> None:
     user = chat_user()
     conversation = conversation_create(user=user)

@@ -362,6 +362,19 @@ def test_a_stream_whose_event_reader_failed_ends_with_an_error_the_sdk_raises(sd
 
 
 @live_db
+def test_the_model_providers_rate_limit_is_a_429_with_its_retry_after(sdk, llm, settings) -> None:
+    settings.OPENAI_MAX_RETRIES = 0
+    user = chat_user()
+    llm.enqueue(error=429, retry_after=60)
+
+    with pytest.raises(openai.RateLimitError) as caught:
+        sdk(user).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": QUESTION}])
+
+    assert caught.value.response.headers["retry-after"] == "60"
+    assert caught.value.body["code"] == "rate_limit_exceeded" and caught.value.body["retry_after"] == 60
+
+
+@live_db
 def test_models_lists_the_plans_models_and_retrieve_404s_the_others(sdk) -> None:
     user = chat_user()
     ModelPriceFactory(model="gpt-4o")
