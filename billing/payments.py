@@ -182,6 +182,9 @@ def _on_checkout_completed(event: dict[str, Any]) -> str:
     session = event["data"]["object"]
     if session.get("mode") != "subscription":
         return "ignored: not a subscription checkout"
+    if session.get("payment_status", "paid") not in ("paid", "no_payment_required"):
+        # A delayed payment method (a bank debit): the plan follows with async_payment_succeeded, once paid.
+        return "ignored: the payment is not confirmed yet"
     metadata = session.get("metadata") or {}
     subscription = _find_subscription(stripe_subscription_id=session.get("subscription"),
                                       customer=session.get("customer"),
@@ -266,6 +269,7 @@ def _on_payment_failed(event: dict[str, Any]) -> str:
 
 _HANDLERS = {
     "checkout.session.completed": _on_checkout_completed,
+    "checkout.session.async_payment_succeeded": _on_checkout_completed,
     "customer.subscription.updated": _on_subscription_changed,
     "customer.subscription.deleted": _on_subscription_changed,
     "invoice.payment_failed": _on_payment_failed,

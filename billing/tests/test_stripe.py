@@ -96,6 +96,24 @@ def test_signed_checkout_completed_upgrades_the_user(plans):
     assert effective_limits(subscription=subscription).requests_per_minute == 60
 
 
+def test_a_checkout_paid_by_a_delayed_method_upgrades_only_once_the_payment_succeeds(plans):
+    user = UserFactory()
+    completed = _checkout_completed(user)
+    completed["data"]["object"]["payment_status"] = "unpaid"  # a bank debit still in progress
+
+    _post(completed)
+    before = Subscription.objects.get(user=user).plan.slug
+    succeeded = _checkout_completed(user)
+    succeeded["type"] = "checkout.session.async_payment_succeeded"
+    succeeded["data"]["object"]["payment_status"] = "paid"
+    _post(succeeded)
+
+    assert before == "free"
+    assert StripeEvent.objects.get(event_id=completed["id"]).outcome == "ignored: the payment is not confirmed yet"
+    subscription = Subscription.objects.get(user=user)
+    assert (subscription.plan.slug, subscription.status) == ("pro", "active")
+
+
 def test_bad_signature_is_rejected_and_changes_nothing(plans):
     user = UserFactory()
 
