@@ -110,7 +110,9 @@ class OpenAIProvider:
 
     def _retryable(self, exc: Exception) -> bool:
         openai = self._openai
-        if isinstance(exc, openai.APIConnectionError | self._transport_errors | _StreamError):  # incl. timeouts
+        if isinstance(exc, _StreamError):
+            return exc.retryable
+        if isinstance(exc, openai.APIConnectionError | self._transport_errors):  # incl. timeouts
             return True
         if isinstance(exc, openai.APIStatusError):
             return exc.status_code == 429 or exc.status_code >= 500
@@ -164,6 +166,7 @@ class OpenAIProvider:
                 raise _final_error(openai, exc, _retry_after(exc) or self._retry_delay(exc, attempt)) from exc
             if completion.finish_reason is None:
                 if not delivered and attempt < self.max_retries:
+                    await asyncio.sleep(self._retry_delay(None, attempt))  # not straight back at a failing server
                     attempt += 1
                     continue
                 raise ProviderError("provider_error", "The model's answer ended unexpectedly; please try again.")
@@ -448,9 +451,18 @@ class _ResponseBody(httpx2.AsyncByteStream):
 
 
 class _StreamError(Exception):
-    """An error event inside the stream (`data: {"error": ...}`)."""
+    """An error event inside the stream (`data: {"error": ...}`), or a chunk that cannot be read."""
 
     status_code = 500
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+# Error types a model server gives a request it refuses as it is (too long, not allowed): a retry fails alike.
+_REFUSALS = frozenset({"invalid_request_error", "authentication_error", "permission_error", "not_found_error"})
 
 
 def _chunk_texts(line: bytes, completion: Completion) -> list[str]:
@@ -460,17 +472,25 @@ def _chunk_texts(line: bytes, completion: Completion) -> list[str]:
     data = line[5:].strip()
     if not data or data == b"[DONE]":
         return []
-    chunk = json.loads(data)
+    try:
+        chunk = json.loads(data)
+    except ValueError as exc:
+        raise _StreamError("The model sent a chunk that is not JSON.") from exc
+    if not isinstance(chunk, dict):
+        raise _StreamError("The model sent a chunk that is not a JSON object.")
     error = chunk.get("error")
     if error:
         message = error.get("message") if isinstance(error, dict) else str(error)
-        raise _StreamError(message or "The model reported an error.")
+        kind = error.get("type") if isinstance(error, dict) else None
+        raise _StreamError(message or "The model reported an error.", retryable=kind not in _REFUSALS)
     usage = chunk.get("usage")
     if usage:
         completion.usage = Usage(prompt_tokens=usage.get("prompt_tokens") or 0,
                                  completion_tokens=usage.get("completion_tokens") or 0)
     texts = []
     for choice in chunk.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
         if choice.get("finish_reason"):
             completion.finish_reason = choice["finish_reason"]
         text = (choice.get("delta") or {}).get("content")
@@ -496,7 +516,13 @@ def _final_error(openai, exc: Exception, retry_after: float) -> ProviderError:
             "The language model is rate limited right now; please try again shortly.",
             retry_after=retry_after,
         )
-    if isinstance(exc, openai.APIConnectionError | _StreamError) or not isinstance(exc, openai.APIError):
+    if isinstance(exc, _StreamError):
+        # The server's own words: they say what to change (a shorter question, another model) or that it failed.
+        if not exc.retryable:
+            return ProviderError("provider_rejected", f"The language model refused the request: {exc.message}")
+        return ProviderError("provider_unavailable", f"The language model failed to answer ({exc.message}); "
+                                                     "please try again.")
+    if isinstance(exc, openai.APIConnectionError) or not isinstance(exc, openai.APIError):
         return ProviderError("provider_unavailable", "The language model could not be reached; please try again.")
     if isinstance(exc, openai.APIStatusError) and exc.status_code >= 500:
         return ProviderError("provider_unavailable", "The language model failed to answer; please try again.")

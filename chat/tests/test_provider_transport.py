@@ -15,7 +15,9 @@ from chat.providers import (
     OpenAIProvider,
     ProviderError,
     StreamingTransport,
+    _chunk_texts,
     _http_client,
+    _StreamError,
 )
 from config.testing.fake_openai import FakeOpenAI
 
@@ -107,6 +109,49 @@ def test_connection_dropped_mid_answer_is_a_provider_error_keeping_what_arrived(
 
     assert failed.value.code == "provider_error"
     assert len(received) == 4
+
+
+def test_an_error_event_refusing_the_request_is_reported_with_its_words_and_not_retried(fake_llm: FakeOpenAI) -> None:
+    provider = _provider(fake_llm, retries=2)
+    refusal = "This model's maximum context length is 8192 tokens."
+
+    async def run() -> None:
+        await _answer(provider, _request(f'[[fake:error_after=0,stream_error_status=400,error_message="{refusal}"]]'))
+
+    with pytest.raises(ProviderError) as failed:
+        asyncio.run(run())
+
+    assert (failed.value.code, len(fake_llm.chat_requests)) == ("provider_rejected", 1)
+    assert refusal in failed.value.message
+
+
+def test_an_error_event_of_a_failing_server_is_retried_then_reported_with_its_words(fake_llm: FakeOpenAI) -> None:
+    provider = _provider(fake_llm, retries=2)
+
+    async def run() -> None:
+        await _answer(provider, _request('[[fake:error_after=0,error_message="The engine is overloaded."]]'))
+
+    with pytest.raises(ProviderError) as failed:
+        asyncio.run(run())
+
+    assert (failed.value.code, len(fake_llm.chat_requests)) == ("provider_unavailable", 3)
+    assert "The engine is overloaded." in failed.value.message
+
+
+@pytest.mark.parametrize("line", [b"data: {not json", b"data: [1, 2]", b'data: "text"'])
+def test_a_chunk_that_is_not_a_json_object_is_a_stream_error_the_provider_retries(line: bytes) -> None:
+    with pytest.raises(_StreamError) as failed:
+        _chunk_texts(line, Completion())
+
+    assert failed.value.retryable
+
+
+def test_choices_that_are_not_objects_are_skipped() -> None:
+    completion = Completion()
+
+    texts = _chunk_texts(b'data: {"choices": ["x", {"delta": {"content": "ok"}, "finish_reason": "stop"}]}', completion)
+
+    assert (texts, completion.finish_reason) == (["ok"], "stop")
 
 
 def test_configured_http_proxy_keeps_the_default_transport(monkeypatch) -> None:

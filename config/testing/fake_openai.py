@@ -214,7 +214,7 @@ class Scenario:
     drop_after: close the connection abruptly after this many content deltas (no final chunk, no ``[DONE]``);
         a non-streaming response is cut halfway through its body.
     error_after: streaming only: after this many deltas send an SSE ``{"error": ...}`` event and end the
-        stream.
+        stream; its type and code are those of `stream_error_status` (500: a server error, 400: a refusal).
     usage: False omits usage from the plain response and the usage chunk even when the client asks for it.
     """
 
@@ -228,6 +228,7 @@ class Scenario:
     retry_after: float | None = 1.0
     drop_after: int | None = None
     error_after: int | None = None
+    stream_error_status: int = 500
     usage: bool = True
 
     def updated(self, knobs: Mapping[str, Any]) -> Scenario:
@@ -246,6 +247,7 @@ _KNOB_TYPES: dict[str, type] = {
     "retry_after": float,
     "drop_after": int,
     "error_after": int,
+    "stream_error_status": int,
     "usage": bool,
 }
 _NOT_NULLABLE = frozenset({"first_token_ms", "token_ms", "usage"})
@@ -1162,7 +1164,8 @@ class FakeOpenAI:
                 raise _DropConnection
             if scenario.error_after is not None and index >= scenario.error_after:
                 message = scenario.error_message or "The server had an error while processing your request."
-                event = b"data: " + json.dumps(_error_body(500, message)).encode() + b"\n\n"
+                body = _error_body(scenario.stream_error_status, message)
+                event = b"data: " + json.dumps(body).encode() + b"\n\n"
                 record.outcome = STREAM_ERROR
                 record.error = message
                 await send({"type": "http.response.body", "body": event, "more_body": False})
@@ -1278,6 +1281,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--retry-after", type=float, default=1.0)
     parser.add_argument("--drop-after", type=int, default=None)
     parser.add_argument("--error-after", type=int, default=None)
+    parser.add_argument("--stream-error-status", type=int, default=500, help="the status the error event names")
     parser.add_argument("--no-usage", action="store_true", help="never report usage")
     parser.add_argument("--embedding-dim", type=int, default=DEFAULT_EMBEDDING_DIM)
     parser.add_argument("--api-key", default=None, help="require exactly this key (default: any non-empty)")
@@ -1300,6 +1304,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "retry_after": args.retry_after,
             "drop_after": args.drop_after,
             "error_after": args.error_after,
+            "stream_error_status": args.stream_error_status,
             "usage": not args.no_usage,
         }
     )
