@@ -13,7 +13,7 @@ import random
 import string
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 _PASSWORD_PADDING = bytes.fromhex("28BF4E5E4E758A4164004E56FFFA01082E2E00B6D0683E802F0CA9FE6453697A")
 
@@ -545,6 +545,26 @@ def docx_run_flood(runs: int = 400_000) -> bytes:
     words = ("".join(rng.choice(string.ascii_lowercase) for _ in range(3)) for _ in range(runs))
     flood = "".join(f'<w:r><w:t xml:space="preserve">{word} </w:t></w:r>' for word in words)
     return _docx(_part("document", f"<w:body><w:p>{flood}</w:p>{_p('After the flood.')}</w:body>"))
+
+
+def _flood_words(count: int) -> Iterator[str]:
+    # Random words keep the archive under the zip-bomb guard's ratio, as a real attack would.
+    rng = random.Random(7)
+    return ("".join(rng.choice(string.ascii_lowercase) for _ in range(3)) for _ in range(count))
+
+
+def docx_deletion_flood(runs: int = 250_000) -> bytes:
+    """One tracked deletion (w:del) wrapping `runs` deleted runs: text that is skipped, never read."""
+    flood = "".join(f"<w:r><w:rPr><w:b/></w:rPr><w:delText>{word} </w:delText></w:r>" for word in _flood_words(runs))
+    deleted = f'<w:p><w:del w:id="1" w:author="Reviewer">{flood}</w:del></w:p>'
+    return _docx(_part("document", f"<w:body>{deleted}{_p('After the flood.')}</w:body>"))
+
+
+def docx_bookmark_flood(bookmarks: int = 400_000) -> bytes:
+    """A hyperlink holding `bookmarks` empty bookmark marks: children of a container other than body or paragraph."""
+    flood = "".join(f'<w:bookmarkStart w:id="{n}" w:name="{word}"/>' for n, word in enumerate(_flood_words(bookmarks)))
+    link = f'<w:p><w:hyperlink w:anchor="top">{flood}<w:r><w:t>Link text.</w:t></w:r></w:hyperlink></w:p>'
+    return _docx(_part("document", f"<w:body>{link}{_p('After the flood.')}</w:body>"))
 
 
 def html_hidden_flood(elements: int = 600_000) -> bytes:
