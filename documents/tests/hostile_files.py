@@ -573,6 +573,16 @@ def html_hidden_flood(elements: int = 600_000) -> bytes:
     return f"<html><body><div hidden>{flood}</div><p>After the flood.</p></body></html>".encode()
 
 
+def html_unclosed_heading(lines: int = 50_000, parts: int = 3) -> bytes:
+    """A heading closed with the wrong tag (<h2>Intro</h3>), then `lines` <div> lines and `parts` <h3> subsections.
+
+    A <div> does not close a heading in libxml2's HTML parser (a <p> would), so all of it sits inside the <h2>.
+    """
+    intro = "".join(f"<div>Intro line {n} of the page body.</div>" for n in range(lines))
+    subsections = "".join(f"<h3>Part {n}</h3><div>Text of part {n}.</div>" for n in range(1, parts + 1))
+    return f"<html><body><h1>Report</h1><h2>Intro</h3>{intro}{subsections}</body></html>".encode()
+
+
 def sample_html() -> bytes:
     """A page with headings, a table and every kind of chrome that must not reach the text
     (each piece of chrome carries one of `HTML_CHROME_MARKERS`)."""

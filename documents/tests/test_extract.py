@@ -384,6 +384,33 @@ def test_html_text_node_over_10_mb_is_read_to_the_end(tmp_path):
     assert max(len(section.text) for section in sections) <= 2 * ExtractionLimits().section_chars
 
 
+def test_html_heading_left_open_ends_at_its_first_line_and_later_headings_still_split(tmp_path):
+    sections = _extract(tmp_path, "open.html", hostile_files.html_unclosed_heading(lines=20), Kind.HTML)
+    assert [section.heading_path for section in sections] == [
+        ("Report",),
+        ("Report", "Intro"),
+        ("Report", "Intro", "Part 1"),
+        ("Report", "Intro", "Part 2"),
+        ("Report", "Intro", "Part 3"),
+    ]
+    assert sections[1].text.startswith("Intro\nIntro line 0 of the page body.\nIntro line 1")
+    assert sections[-1].text == "Part 3\n\nText of part 3."
+
+
+def test_html_heading_left_open_does_not_hold_the_rest_of_the_page(tmp_path):
+    path = _write(tmp_path, "open.html", hostile_files.html_unclosed_heading())  # ~2.2 MB
+    tracemalloc.start()
+    try:
+        sections = [(section.heading_path, len(section.text)) for section in extract_sections(path, Kind.HTML)]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000  # a few sections' worth; held in the heading, the page took 28 MB
+    assert len(sections) > 50
+    assert sections[-1][0] == ("Report", "Intro", "Part 3")
+    assert max(size for _, size in sections) <= 2 * ExtractionLimits().section_chars
+
+
 @pytest.mark.parametrize(
     ("kind", "name"),
     [(Kind.HTML, "HTML"), (Kind.MARKDOWN, "Markdown"), (Kind.TEXT, "text")],
