@@ -663,3 +663,9 @@ Deep text.
 
 def sample_markdown() -> bytes:
     return SAMPLE_MARKDOWN.encode()
+
+
+def markdown_unclosed_front_matter(headings: int = 10_000) -> bytes:
+    """Markdown opening with a "---" line that nothing closes, then `headings` headed sections."""
+    body = "".join(f"# Heading {n}\n\nText under heading {n}.\n\n" for n in range(headings))
+    return ("---\n\n" + body).encode()

@@ -461,6 +461,31 @@ def test_markdown_text_is_kept_as_markdown(markdown_sections):
     assert markdown_sections[3].text.startswith("Setext Title\n============")
 
 
+def test_markdown_front_matter_is_not_read_for_headings(tmp_path):
+    data = b"---\ntitle: Notes\n# a YAML comment\ntags: [a]\n---\n\nIntro.\n\n# Real heading\n\nBody.\n"
+    sections = _extract(tmp_path, "notes.md", data, Kind.MARKDOWN)
+    assert [section.heading_path for section in sections] == [(), ("Real heading",)]
+    assert sections[0].text.startswith("---\ntitle: Notes\n# a YAML comment")
+
+
+def test_markdown_leading_rule_without_closing_line_keeps_headings_and_streams(tmp_path):
+    path = _write(tmp_path, "rule.md", hostile_files.markdown_unclosed_front_matter())  # ~400 KB
+    first_paths = []
+    count = 0
+    tracemalloc.start()
+    try:
+        for section in extract_sections(path, Kind.MARKDOWN):
+            count += 1
+            if count <= 3:
+                first_paths.append(section.heading_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000  # a section at a time; read as front matter, the file took 2.5 MB
+    assert first_paths == [(), ("Heading 0",), ("Heading 1",)]
+    assert count == 10_001
+
+
 def test_markdown_without_headings_is_cut_into_bounded_sections(tmp_path):
     paragraph = "A sentence of plain prose that goes on for a while. " * 10
     data = ("\n\n".join([paragraph] * 200)).encode()
