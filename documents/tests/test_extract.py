@@ -8,12 +8,15 @@ import resource
 import subprocess
 import sys
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pypdfium2
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 
+import documents.ingestion.extract as extract_module
 from config.testing.datasets import DATASETS
 from documents.ingestion.extract import ExtractionLimits, extract_sections, normalize_text, pdf_page_count
 from documents.ingestion.extract.docx import ENTITY_BOMB_MESSAGE, ZIP_BOMB_MESSAGE
@@ -531,6 +534,18 @@ def test_text_without_any_line_break_is_still_cut(tmp_path):
     sections = _extract(tmp_path, "wall.txt", b"word " * 20_000, Kind.TEXT, section_chars=1_000)
     assert len(sections) >= 40
     assert max(len(section.text) for section in sections) <= 2_000
+
+
+def test_running_out_of_time_is_not_reported_as_an_unreadable_file(tmp_path, monkeypatch):
+    def out_of_time(path: Path, *, limits: ExtractionLimits, budget: object) -> Iterator[Section]:
+        yield Section(text="First page.", page=1)
+        raise SoftTimeLimitExceeded()  # what Celery's signal handler raises wherever the task happens to be
+
+    monkeypatch.setitem(extract_module._EXTRACTORS, Kind.PDF, out_of_time)
+    sections = extract_sections(_write(tmp_path, "slow.pdf", hostile_files.sample_pdf()), Kind.PDF)
+    assert next(sections).text == "First page."
+    with pytest.raises(SoftTimeLimitExceeded):
+        next(sections)
 
 
 @pytest.mark.parametrize("kind", list(Kind))
