@@ -252,9 +252,12 @@ class _ZipEntry:
             self.size = len(data)
 
 
-def _zip(entries: Sequence[_ZipEntry], *, declared_sizes: dict[str, int] | None = None) -> bytes:
-    """A zip written by hand, so that an entry's declared size can differ from what it inflates to."""
+def _zip(
+    entries: Sequence[_ZipEntry], *, declared_sizes: dict[str, int] | None = None, declared_count: int | None = None
+) -> bytes:
+    """A zip written by hand, so that an entry's declared size, or the member count, can differ from the truth."""
     declared_sizes = declared_sizes or {}
+    count = len(entries) if declared_count is None else declared_count
     out = io.BytesIO()
     central = []
     for entry in entries:
@@ -289,7 +292,7 @@ def _zip(entries: Sequence[_ZipEntry], *, declared_sizes: dict[str, int] | None 
     directory = b"".join(central)
     out.write(directory)
     out.write(
-        b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, len(entries), len(entries), len(directory), directory_at, 0)
+        b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, count, count, len(directory), directory_at, 0)
     )
     return out.getvalue()
 
@@ -402,6 +405,7 @@ def _docx(
     *,
     extra: Sequence[_ZipEntry] = (),
     declared_sizes: dict[str, int] | None = None,
+    declared_count: int | None = None,
     document_entry: _ZipEntry | None = None,
 ) -> bytes:
     if isinstance(document_xml, str):
@@ -416,7 +420,7 @@ def _docx(
         document_entry or _ZipEntry("word/document.xml", document_xml),
         *extra,
     ]
-    return _zip(entries, declared_sizes=declared_sizes)
+    return _zip(entries, declared_sizes=declared_sizes, declared_count=declared_count)
 
 
 def sample_docx(*, rendered_page_breaks: bool = True) -> bytes:
@@ -455,6 +459,16 @@ def docx_zip_bomb(unpacked_bytes: int = 1 << 30, *, lie_about_size: bool = False
     entry = _bomb_entry("word/document.xml", unpacked_bytes)
     declared = {"word/document.xml": 1024} if lie_about_size else None
     return _docx(b"", document_entry=entry, declared_sizes=declared)
+
+
+def docx_with_many_parts(extra_parts: int = 1_000, *, declared_count: int | None = None) -> bytes:
+    """The sample DOCX plus `extra_parts` empty members, as a directory flood would pad it out.
+
+    With `declared_count`, the end record states that member count instead of the real one, as a file
+    built to slip past a check of that number would (zipfile reads the directory by its size in bytes).
+    """
+    extra = [_ZipEntry(f"word/media/empty{n}.xml") for n in range(extra_parts)]
+    return _docx(_sample_document_xml(rendered_page_breaks=False), extra=extra, declared_count=declared_count)
 
 
 def docx_entity_bomb(levels: int = 9) -> bytes:

@@ -8,6 +8,7 @@ import resource
 import subprocess
 import sys
 import tracemalloc
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -282,6 +283,22 @@ def test_docx_zip_bomb_with_understated_sizes_is_cut_off_at_the_declared_size(tm
     with pytest.raises(IngestionError) as error:
         _extract(tmp_path, "bomb.docx", hostile_files.docx_zip_bomb(lie_about_size=True), Kind.DOCX)
     assert error.value.message.startswith("This DOCX is damaged and could not be read")
+
+
+@pytest.mark.parametrize("declared_count", [None, 1], ids=["counted", "count-understated"])
+def test_docx_with_too_many_parts_is_refused_before_its_directory_is_parsed(tmp_path, monkeypatch, declared_count):
+    data = hostile_files.docx_with_many_parts(1_000, declared_count=declared_count)
+    assert _extract(tmp_path, "ok.docx", data, Kind.DOCX, max_zip_members=1_007)  # 1,007 parts in all
+
+    def parse_directory(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the whole zip directory was parsed")
+
+    monkeypatch.setattr(zipfile, "ZipFile", parse_directory)
+    with pytest.raises(IngestionError) as error:
+        _extract(tmp_path, "many.docx", data, Kind.DOCX, max_zip_members=1_006)
+    assert error.value.message == (
+        "This DOCX has more than 1,006 parts, the most allowed; it does not look like a real Word document."
+    )
 
 
 def test_docx_billion_laughs_is_refused(tmp_path):
