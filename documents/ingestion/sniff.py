@@ -11,7 +11,9 @@ import re
 import zipfile
 from pathlib import Path, PurePath
 
+from documents.ingestion.extract import ExtractionLimits
 from documents.ingestion.types import IngestionError, Kind, UnsupportedFileType
+from documents.ingestion.zipdir import zip_member_count
 
 HEAD_BYTES = 8192
 PDF_JUNK_ALLOWANCE = 1024  # readers accept %PDF- anywhere in the first 1 KB; so do we
@@ -213,17 +215,26 @@ def _contains(path: Path, needle: bytes, *, chunk_size: int = 1 << 20) -> bool:
     return False
 
 
-def sniff_kind_path(path: Path, *, filename: str | None = None) -> Kind:
+def sniff_kind_path(path: Path, *, filename: str | None = None, limits: ExtractionLimits | None = None) -> Kind:
     """The document kind of a file on disk; `filename` is the name it was uploaded as (default: its own).
 
     This is what ingestion calls: unlike `sniff_kind`, it reads a ZIP's central directory to tell a
     DOCX from other Office files and zips, and scans OLE2 containers for Word's password protection.
+    A ZIP with more members than `limits.max_zip_members` is refused before its directory is parsed.
     """
     path = Path(path)
     filename = filename if filename is not None else path.name
+    limits = limits or ExtractionLimits()
     with path.open("rb") as handle:
         head = handle.read(HEAD_BYTES)
     if head.startswith((_ZIP, _EMPTY_ZIP)) and b"%PDF-" not in head[: PDF_JUNK_ALLOWANCE + 5]:
+        # This runs in the web process, where parsing a directory of a million members would take
+        # hundreds of MB and seconds of CPU.
+        if zip_member_count(path, limit=limits.max_zip_members) > limits.max_zip_members:
+            raise IngestionError(
+                f"This file is a zip archive of more than {limits.max_zip_members:,} parts, far more than a "
+                "Word document has; it was not opened."
+            )
         try:
             with zipfile.ZipFile(path) as archive:
                 names = set(archive.namelist())

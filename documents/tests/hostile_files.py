@@ -13,7 +13,7 @@ import random
 import string
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 _PASSWORD_PADDING = bytes.fromhex("28BF4E5E4E758A4164004E56FFFA01082E2E00B6D0683E802F0CA9FE6453697A")
 
@@ -252,9 +252,12 @@ class _ZipEntry:
             self.size = len(data)
 
 
-def _zip(entries: Sequence[_ZipEntry], *, declared_sizes: dict[str, int] | None = None) -> bytes:
-    """A zip written by hand, so that an entry's declared size can differ from what it inflates to."""
+def _zip(
+    entries: Sequence[_ZipEntry], *, declared_sizes: dict[str, int] | None = None, declared_count: int | None = None
+) -> bytes:
+    """A zip written by hand, so that an entry's declared size, or the member count, can differ from the truth."""
     declared_sizes = declared_sizes or {}
+    count = len(entries) if declared_count is None else declared_count
     out = io.BytesIO()
     central = []
     for entry in entries:
@@ -289,7 +292,7 @@ def _zip(entries: Sequence[_ZipEntry], *, declared_sizes: dict[str, int] | None 
     directory = b"".join(central)
     out.write(directory)
     out.write(
-        b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, len(entries), len(entries), len(directory), directory_at, 0)
+        b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, count, count, len(directory), directory_at, 0)
     )
     return out.getvalue()
 
@@ -402,6 +405,7 @@ def _docx(
     *,
     extra: Sequence[_ZipEntry] = (),
     declared_sizes: dict[str, int] | None = None,
+    declared_count: int | None = None,
     document_entry: _ZipEntry | None = None,
 ) -> bytes:
     if isinstance(document_xml, str):
@@ -416,7 +420,7 @@ def _docx(
         document_entry or _ZipEntry("word/document.xml", document_xml),
         *extra,
     ]
-    return _zip(entries, declared_sizes=declared_sizes)
+    return _zip(entries, declared_sizes=declared_sizes, declared_count=declared_count)
 
 
 def sample_docx(*, rendered_page_breaks: bool = True) -> bytes:
@@ -455,6 +459,16 @@ def docx_zip_bomb(unpacked_bytes: int = 1 << 30, *, lie_about_size: bool = False
     entry = _bomb_entry("word/document.xml", unpacked_bytes)
     declared = {"word/document.xml": 1024} if lie_about_size else None
     return _docx(b"", document_entry=entry, declared_sizes=declared)
+
+
+def docx_with_many_parts(extra_parts: int = 1_000, *, declared_count: int | None = None) -> bytes:
+    """The sample DOCX plus `extra_parts` empty members, as a directory flood would pad it out.
+
+    With `declared_count`, the end record states that member count instead of the real one, as a file
+    built to slip past a check of that number would (zipfile reads the directory by its size in bytes).
+    """
+    extra = [_ZipEntry(f"word/media/empty{n}.xml") for n in range(extra_parts)]
+    return _docx(_sample_document_xml(rendered_page_breaks=False), extra=extra, declared_count=declared_count)
 
 
 def docx_entity_bomb(levels: int = 9) -> bytes:
@@ -547,10 +561,40 @@ def docx_run_flood(runs: int = 400_000) -> bytes:
     return _docx(_part("document", f"<w:body><w:p>{flood}</w:p>{_p('After the flood.')}</w:body>"))
 
 
+def _flood_words(count: int) -> Iterator[str]:
+    # Random words keep the archive under the zip-bomb guard's ratio, as a real attack would.
+    rng = random.Random(7)
+    return ("".join(rng.choice(string.ascii_lowercase) for _ in range(3)) for _ in range(count))
+
+
+def docx_deletion_flood(runs: int = 250_000) -> bytes:
+    """One tracked deletion (w:del) wrapping `runs` deleted runs: text that is skipped, never read."""
+    flood = "".join(f"<w:r><w:rPr><w:b/></w:rPr><w:delText>{word} </w:delText></w:r>" for word in _flood_words(runs))
+    deleted = f'<w:p><w:del w:id="1" w:author="Reviewer">{flood}</w:del></w:p>'
+    return _docx(_part("document", f"<w:body>{deleted}{_p('After the flood.')}</w:body>"))
+
+
+def docx_bookmark_flood(bookmarks: int = 400_000) -> bytes:
+    """A hyperlink holding `bookmarks` empty bookmark marks: children of a container other than body or paragraph."""
+    flood = "".join(f'<w:bookmarkStart w:id="{n}" w:name="{word}"/>' for n, word in enumerate(_flood_words(bookmarks)))
+    link = f'<w:p><w:hyperlink w:anchor="top">{flood}<w:r><w:t>Link text.</w:t></w:r></w:hyperlink></w:p>'
+    return _docx(_part("document", f"<w:body>{link}{_p('After the flood.')}</w:body>"))
+
+
 def html_hidden_flood(elements: int = 600_000) -> bytes:
     """A hidden block holding `elements` tiny elements, then visible text (~30x its size as a tree kept whole)."""
     flood = "<i>ab</i>" * elements
     return f"<html><body><div hidden>{flood}</div><p>After the flood.</p></body></html>".encode()
+
+
+def html_unclosed_heading(lines: int = 50_000, parts: int = 3) -> bytes:
+    """A heading closed with the wrong tag (<h2>Intro</h3>), then `lines` <div> lines and `parts` <h3> subsections.
+
+    A <div> does not close a heading in libxml2's HTML parser (a <p> would), so all of it sits inside the <h2>.
+    """
+    intro = "".join(f"<div>Intro line {n} of the page body.</div>" for n in range(lines))
+    subsections = "".join(f"<h3>Part {n}</h3><div>Text of part {n}.</div>" for n in range(1, parts + 1))
+    return f"<html><body><h1>Report</h1><h2>Intro</h3>{intro}{subsections}</body></html>".encode()
 
 
 def sample_html() -> bytes:
@@ -633,3 +677,9 @@ Deep text.
 
 def sample_markdown() -> bytes:
     return SAMPLE_MARKDOWN.encode()
+
+
+def markdown_unclosed_front_matter(headings: int = 10_000) -> bytes:
+    """Markdown opening with a "---" line that nothing closes, then `headings` headed sections."""
+    body = "".join(f"# Heading {n}\n\nText under heading {n}.\n\n" for n in range(headings))
+    return ("---\n\n" + body).encode()

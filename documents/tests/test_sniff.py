@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import codecs
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from config.testing.datasets import DATASETS
+from documents.ingestion.extract import ExtractionLimits
 from documents.ingestion.sniff import EMPTY_MESSAGE, HEAD_BYTES, SUPPORTED, sniff_kind, sniff_kind_path
 from documents.ingestion.types import IngestionError, Kind, UnsupportedFileType
 from documents.tests import hostile_files, needs_datasets
@@ -97,6 +99,22 @@ def test_truncated_docx_is_reported_as_damaged(tmp_path):
     with pytest.raises(IngestionError) as error:
         sniff_kind_path(_write(tmp_path, "cut.docx", hostile_files.truncated_docx()))
     assert "DOCX is damaged" in error.value.message
+
+
+@pytest.mark.parametrize("declared_count", [None, 1], ids=["counted", "count-understated"])
+def test_zip_with_too_many_parts_is_refused_before_its_directory_is_parsed(tmp_path, monkeypatch, declared_count):
+    path = _write(tmp_path, "many.docx", hostile_files.docx_with_many_parts(1_000, declared_count=declared_count))
+    assert sniff_kind_path(path, limits=ExtractionLimits(max_zip_members=1_007)) == Kind.DOCX  # 1,007 parts in all
+
+    def parse_directory(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the whole zip directory was parsed")
+
+    monkeypatch.setattr(zipfile, "ZipFile", parse_directory)
+    with pytest.raises(IngestionError) as error:
+        sniff_kind_path(path, limits=ExtractionLimits(max_zip_members=1_006))
+    assert error.value.message == (
+        "This file is a zip archive of more than 1,006 parts, far more than a Word document has; it was not opened."
+    )
 
 
 @needs_datasets

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from documents.ingestion.extract._common import CharBudget, ExtractionLimits
 from documents.ingestion.extract.docx import extract_docx
 from documents.ingestion.extract.html import extract_html
@@ -50,6 +52,8 @@ def extract_sections(path: Path, kind: Kind, *, limits: ExtractionLimits | None 
         raise
     except FileNotFoundError:
         raise  # a bug or a storage race, not the user's file
+    except SoftTimeLimitExceeded:
+        raise  # the task ran out of time, the file may be fine: the ingestion service says so
     except OSError as exc:
         raise TransientIngestionError("The uploaded file could not be read from storage; it will be retried.") from exc
     except (MemoryError, RecursionError) as exc:

@@ -27,6 +27,7 @@ from documents.ingestion.extract._common import (
 )
 from documents.ingestion.extract.normalize import normalize_text
 from documents.ingestion.types import IngestionError, Section
+from documents.ingestion.zipdir import zip_member_count
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ ENTITY_BOMB_MESSAGE = (
     "Word never writes these, so the file was not processed."
 )
 _TEXT_TAGS = {W + "t"}
-_CLEARABLE = {W + "p", W + "tr", W + "tbl", W + "r"}
-_CLEARED_CHILDREN_OF = {W + "body", W + "p"}
 _BREAK_TAGS = {W + "br", W + "cr"}
 # Text inside these never shows in the document body: deleted revisions, field codes, and the
 # VML fallback copy of drawings whose DrawingML version (mc:Choice) is read instead.
@@ -224,7 +223,7 @@ def _iter_document(
         if tag in _SKIP_TAGS:
             skip_depth -= 1
         elif skip_depth:
-            continue
+            pass  # nothing in it is read, but it is released below like everything else
         elif tag in _TEXT_TAGS:
             if paragraphs and element.text:
                 paragraphs[-1].parts.append(element.text)
@@ -268,20 +267,30 @@ def _iter_document(
             elif row:
                 yield from buffer.add_paragraph(row, separator="\n")
 
-        parent = element.getparent()
-        # Runs and the other children of a paragraph too: its text is collected as they end, and a paragraph
-        # of millions of runs would otherwise stay whole until it closed (~16x the unpacked size).
-        if tag in _CLEARABLE or (parent is not None and parent.tag in _CLEARED_CHILDREN_OF):
-            # Drop what has been read, and the already-read siblings before it, to keep memory flat
-            # (end events arrive in document order, so everything before this element is done).
-            element.clear(keep_tail=True)
-            if parent is not None:
-                while element.getprevious() is not None:
-                    del parent[0]
+        # Every ended element, skipped or not, whatever its container: what it held has been read into
+        # `paragraphs`/`cells`/`rows`, and one kept element type (a deleted run, a bookmark in a
+        # hyperlink) would let a 1 MB upload grow a tree of ~16x its unpacked size.
+        _release(element)
     yield from buffer.flush()
 
 
+def _release(element: etree._Element) -> None:
+    # End events arrive in document order, so the siblings before this element are done too; only the open
+    # ancestors (body, paragraph, cell...) stay, each holding at most its current child.
+    element.clear(keep_tail=True)
+    parent = element.getparent()
+    if parent is not None:
+        while element.getprevious() is not None:
+            del parent[0]
+
+
 def extract_docx(path: Path, *, limits: ExtractionLimits, budget: CharBudget) -> Iterator[Section]:
+    # Before ZipFile, which parses the whole directory as it opens (a million members: 460 MB, 13 s).
+    if zip_member_count(path, limit=limits.max_zip_members) > limits.max_zip_members:
+        raise IngestionError(
+            f"This DOCX has more than {limits.max_zip_members:,} parts, the most allowed; "
+            "it does not look like a real Word document."
+        )
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:

@@ -19,6 +19,9 @@ from documents.ingestion.extract.normalize import normalize_text
 from documents.ingestion.types import IngestionError, Section
 
 _FEED_CHARS = 64 * 1024
+# A heading left open (<h2>Intro</h3>, a missing </h2>) would otherwise take the rest of the page as
+# its title; update_heading_path keeps 300 characters of a title anyway.
+_HEADING_CHARS = 300
 
 # Never body text. header/footer are page chrome only outside <article>/<main> (an article's
 # <header> holds its title); ix:header is inline XBRL's hidden block of machine-readable facts.
@@ -134,10 +137,14 @@ class _Sink:
         self.parts.append(_CELL_MARK)
 
     def take(self) -> str:
-        raw = "".join(self.parts)
+        text = self.peek()
         self.parts = []
         self.size = 0
         self._pending_break = 0
+        return text
+
+    def peek(self) -> str:
+        raw = "".join(self.parts)
         lines = []
         for line in raw.split("\n"):
             if _CELL_MARK in line:
@@ -162,7 +169,8 @@ def extract_html(path: Path, *, limits: ExtractionLimits, budget: CharBudget) ->
     heading_path: tuple[str, ...] = ()
     skip_root: etree._Element | None = None
     root_closed = False
-    heading_level: int | None = None
+    heading: etree._Element | None = None  # the open heading whose text is being collected as a title
+    heading_level = 0
     content_depth = 0
 
     def flush() -> Iterator[Section]:
@@ -171,8 +179,23 @@ def extract_html(path: Path, *, limits: ExtractionLimits, budget: CharBudget) ->
             budget.spend(len(piece))
             yield Section(text=piece, heading_path=heading_path)
 
+    def end_heading(*, closed: bool) -> None:
+        nonlocal heading, heading_path
+        if closed:
+            title = sink.take().replace("\n", " ").strip()
+            if title:
+                sink.text(title)
+        else:
+            # Never closed (a new heading or the length cap ended it): the heading is its first line,
+            # and whatever else it swallowed stays as the section's text.
+            title = next((line.strip() for line in sink.peek().split("\n") if line.strip()), "")
+        if title:
+            heading_path = update_heading_path(headings, heading_level, title)
+        heading = None
+        sink.newline(2)
+
     def handle(event: str, element: etree._Element) -> Iterator[Section]:
-        nonlocal skip_root, heading_level, heading_path, content_depth, root_closed
+        nonlocal skip_root, heading, heading_level, content_depth, root_closed
         tag = _tag(element)
         if event == "end" and element.getparent() is None:
             root_closed = True
@@ -191,14 +214,18 @@ def extract_html(path: Path, *, limits: ExtractionLimits, budget: CharBudget) ->
                 sink.text(previous.tail)
             elif element.getparent() is not None:
                 sink.text(element.getparent().text)
+            if heading is not None and sink.size > _HEADING_CHARS:
+                end_heading(closed=False)
             if tag in _SKIP or (tag in _CHROME and not content_depth) or _hidden(element) or not tag:
                 skip_root = element
                 return
             if tag in _CONTENT_ROOTS:
                 content_depth += 1
-            if tag in _HEADINGS and heading_level is None:
+            if tag in _HEADINGS:
+                if heading is not None:
+                    end_heading(closed=False)  # libxml2 nests <h3> in an open <h2>; to a reader, it ends it
                 yield from flush()
-                heading_level = _HEADINGS[tag]
+                heading, heading_level = element, _HEADINGS[tag]
             elif tag in _PARAGRAPH_BLOCKS:
                 sink.newline(2)
             elif tag in _LINE_BLOCKS:
@@ -208,17 +235,14 @@ def extract_html(path: Path, *, limits: ExtractionLimits, budget: CharBudget) ->
         # end: the text just before the end tag.
         children = len(element)
         sink.text(element[children - 1].tail if children else element.text)
+        if heading is not None and sink.size > _HEADING_CHARS:
+            end_heading(closed=False)
         if tag in _CONTENT_ROOTS:
             content_depth -= 1
         if tag in _CELLS:
             sink.cell_end()
-        elif tag in _HEADINGS and heading_level == _HEADINGS[tag]:
-            title = sink.take().replace("\n", " ").strip()
-            if title:
-                heading_path = update_heading_path(headings, heading_level, title)
-                sink.text(title)
-            heading_level = None
-            sink.newline(2)
+        elif element is heading:
+            end_heading(closed=True)
         elif tag in _PARAGRAPH_BLOCKS:
             sink.newline(2)
         elif tag in _LINE_BLOCKS:
@@ -226,7 +250,7 @@ def extract_html(path: Path, *, limits: ExtractionLimits, budget: CharBudget) ->
         # Cut at a block end once past the target size; past twice the target, cut anywhere, so a
         # page that is one giant inline run still streams.
         at_block = tag in _PARAGRAPH_BLOCKS or tag in _LINE_BLOCKS
-        if heading_level is None and sink.size >= limits.section_chars * (1 if at_block else 2):
+        if heading is None and sink.size >= limits.section_chars * (1 if at_block else 2):
             yield from flush()
         _release(element)
 

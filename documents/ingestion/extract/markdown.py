@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,12 +24,32 @@ _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 # Lines that open a block of their own: a setext underline below them is not a heading.
 _BLOCK_START = re.compile(r"^ {0,3}(?:[-*+>|<]|\d{1,9}[.)])|^ {4}|^\t")
 _MAX_LINE = 64 * 1024
+# A leading "---" is front matter only if it is closed this early; otherwise it is a thematic break, or
+# one line would turn a whole file into front matter (no headings, nothing flushed until the end).
+_FRONT_MATTER_CHARS = 8 * 1024
 
 
 def _lines(stream: TextIO) -> Iterator[str]:
     # readline(limit) so that a file without newlines still streams in bounded pieces.
     while line := stream.readline(_MAX_LINE):
         yield line.rstrip("\n")
+
+
+def _front_matter(lines: Iterator[str]) -> tuple[list[str], int]:
+    """The lines read ahead to look for front matter, and how many of them it spans (0: there is none)."""
+    ahead: list[str] = []
+    size = 0
+    for line in lines:
+        ahead.append(line)
+        size += len(line) + 1
+        stripped = line.strip()
+        if len(ahead) == 1 and stripped != "---":
+            break
+        if len(ahead) > 1 and stripped in ("---", "..."):
+            return ahead, len(ahead)
+        if size > _FRONT_MATTER_CHARS:
+            break
+    return ahead, 0
 
 
 def _title(text: str) -> str:
@@ -46,7 +67,6 @@ def extract_markdown(path: Path, *, limits: ExtractionLimits, budget: CharBudget
     paragraph: list[str] = []
     paragraph_size = 0
     fence: str | None = None
-    front_matter = False
 
     def push_paragraph() -> None:
         nonlocal paragraph_size
@@ -56,13 +76,11 @@ def extract_markdown(path: Path, *, limits: ExtractionLimits, budget: CharBudget
             paragraph_size = 0
 
     with open_text(path, text_encoding(path, head)) as stream:
-        for number, line in enumerate(_lines(stream)):
+        lines = _lines(stream)
+        ahead, front_matter = _front_matter(lines)
+        for number, line in enumerate(itertools.chain(ahead, lines)):
             stripped = line.strip()
-            if number == 0 and stripped == "---":
-                front_matter = True
-                buffer.add(line, "\n")
-            elif front_matter:
-                front_matter = stripped not in ("---", "...")
+            if number < front_matter:
                 buffer.add(line, "\n")
             elif fence is not None:
                 buffer.add(line, "\n")
