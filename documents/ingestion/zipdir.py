@@ -26,6 +26,15 @@ def zip_member_count(path: Path, *, limit: int) -> int:
     its size in bytes), so up to `limit` + 1 record headers are walked as well. A result over `limit`
     means too many; 0 means no readable directory, which `zipfile.ZipFile` then reports as damage.
     """
+    try:
+        return _count(path, limit)
+    except AttributeError:
+        # A Python whose zipfile renamed these private helpers: uploads must not fail on it, and the count
+        # is still checked after opening (`_vet_archive`), only later.
+        return 0
+
+
+def _count(path: Path, limit: int) -> int:
     with Path(path).open("rb") as handle:
         try:
             end = zipfile._EndRecData(handle)
