@@ -182,8 +182,10 @@ async def message_stream_api(request: HttpRequest, message_id: int) -> HttpRespo
         return _error_response(exc)
     if message.role != Message.Role.ASSISTANT:
         return _error_response(exceptions.NotFound("Only answers have an event stream."))
-    if message.is_finished and after >= message.last_seq:
-        # The client has every event, `done` included: 204 is what stops an EventSource from reconnecting.
+    if message.is_finished and after == message.last_seq:
+        # The client has every event, `done` included: 204 is what stops an EventSource from reconnecting. (One
+        # past the saved end saw tokens of a worker that wrote on after the answer was closed: it still gets
+        # the ending, renumbered after them.)
         return HttpResponse(status=204)
     return _event_stream(user, message.id, after=after)
 

@@ -442,8 +442,11 @@ async def follow(
             pipe.xrevrange(key, count=1)
             reply, tail = await pipe.execute()
         exists = bool(tail)
-        if not reply and exists and tail[0][1][b"t"] == TERMINAL.encode():
-            return  # the reader has seen the end (a client reconnecting after `done`): nothing will follow
+        # The reader has seen the end (a client reconnecting after `done`): nothing will follow. Its seq is
+        # checked too: the two reads are not one transaction, and an ending written between them is unread.
+        if (not reply and exists and tail[0][1][b"t"] == TERMINAL.encode()
+                and int(tail[0][0].split(b"-", 1)[0]) <= after):
+            return
     last = after
     while reply:
         entries = reply[0][1]

@@ -17,7 +17,7 @@ from chat.models import Conversation, Message
 from chat.prompting import DATA_FOOTER, DATA_HEADER, count_tokens
 from chat.services import conversation_create
 from chat.tests.conftest import ChatSocket, api_key, kill_event_readers, sse_events, wait_for_event_reader
-from chat.tests.factories import SMALL_MODEL, chat_user, document_with_chunks
+from chat.tests.factories import SMALL_MODEL, answer_left_streaming, chat_user, document_with_chunks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -199,6 +199,23 @@ def test_a_client_that_has_seen_done_is_told_at_once_that_nothing_follows(live, 
     assert not_an_answer.status_code == 404
     assert asked[0]["type"] == "start" and asked[0]["message_id"] != message.id
     assert asked[-1]["finish_reason"] == "stop"
+
+
+def test_a_client_that_saw_tokens_past_the_saved_end_still_gets_the_ending(live, llm, settings) -> None:
+    """Not 204: a worker that stalled past its lease wrote tokens 6 and 7 after the sweep closed the answer at 5
+    (its closing events then refused by Redis); a client that saw them gets the ending numbered after them."""
+    settings.CHAT_SSE_HEARTBEAT_SECONDS = 0.5
+    answer = answer_left_streaming(["One", " two", " three", " four", " five", " six"], lease_left=60)  # seq 2-7
+    Message.objects.filter(id=answer.id).update(status="done", finish_reason="error", error_code="interrupted",
+                                                error_message="Interrupted.", content="One", last_seq=5)
+    key = api_key(answer.conversation.owner)
+
+    with httpx.stream("GET", f"{live}/api/v1/chat/messages/{answer.id}/stream?after=7",
+                      headers={"Authorization": f"Bearer {key}"}, timeout=10) as response:
+        ending = sse_events(response)
+
+    assert response.status_code == 200
+    assert [(int(event["id"]), event["event"]) for event in ending] == [(8, "error"), (9, "citations"), (10, "done")]
 
 
 def test_stream_of_an_expired_answer_is_rebuilt_from_the_saved_message(live, llm, redis_client) -> None:
