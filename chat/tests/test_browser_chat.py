@@ -162,6 +162,31 @@ def test_dropped_socket_resumes_mid_answer_without_gaps_or_duplicates(live, llm,
     assert unexpected == [], unexpected
 
 
+def test_a_socket_the_server_keeps_closing_is_retried_ever_more_slowly(live, llm, page, monkeypatch) -> None:
+    """A reader failing on every connection (Redis down) closes each socket at once: the page used to reset its
+    backoff on every open and reconnect twice a second, as did every other open page."""
+    from chat import events
+
+    user = chat_user()
+    llm.configure(text=" ".join(f"w{n}" for n in range(1, 400)), token_ms=50)
+    page.add_init_script(TRACK_SOCKETS)
+    sign_in(page, user, live).goto("/chat/")
+    page.get_by_label("Your question").fill("Count")
+    page.get_by_role("button", name="Ask").click()
+    page.locator(ANSWERS).filter(has_text="w3").wait_for(timeout=10_000)
+
+    def reader_down(*args, **kwargs):
+        raise ConnectionError("Redis is unreachable")
+
+    monkeypatch.setattr(events, "follow", reader_down)
+    before = page.evaluate("window.__sockets.length")
+    page.evaluate("window.__sockets.forEach((socket) => socket.close())")
+    page.wait_for_timeout(4_000)
+    sockets = page.evaluate("window.__sockets.length") - before
+
+    assert 1 <= sockets <= 4  # retried after 0.5, 1 and 2 s; about 7 at a steady 0.5 s before
+
+
 def test_quota_and_rate_limit_refusals_say_why_and_when_to_retry(live, llm, page, screenshot) -> None:
     exhausted = chat_user(monthly_token_quota=20_000)
     usage_record(user=exhausted, kind="chat", model="gpt-4o-mini", prompt_tokens=20_000, request_id=uuid.uuid4().hex)

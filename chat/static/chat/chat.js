@@ -246,7 +246,6 @@
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     socket = new WebSocket(`${scheme}://${location.host}/ws/chat/${conversationId}/`);
     socket.addEventListener("open", () => {
-      retryDelay = 500;
       setStatus("");
       if (following && !following.done) {
         socket.send(JSON.stringify({ type: "resume", message_id: following.id, after: following.lastSeq }));
@@ -257,8 +256,18 @@
       }
     });
     socket.addEventListener("message", (message) => {
+      let event;
       try {
-        handle(JSON.parse(message.data));
+        event = JSON.parse(message.data);
+      } catch (error) {
+        console.error("bad chat event", error);
+        return;
+      }
+      // Reset only once the connection serves an answer's events: a server that refuses and closes each socket
+      // at once (its event reader failing) is then retried ever more slowly, not twice a second by every page.
+      if (event.type !== "error") retryDelay = 500;
+      try {
+        handle(event);
       } catch (error) {
         console.error("bad chat event", error);
       }
