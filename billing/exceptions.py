@@ -67,6 +67,13 @@ class PaymentsNotConfigured(BillingError):
     code = "payments_not_configured"
 
 
+class PlanAlreadyActive(BillingError):
+    """A plan bought again while the user's subscription is on it."""
+
+    status_code = 409
+    code = "plan_already_active"
+
+
 class WebhookRejected(BillingError):
     """The webhook body is not a genuine, fresh Stripe event."""
 

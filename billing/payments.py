@@ -17,7 +17,7 @@ import stripe
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from billing.exceptions import PaymentsNotConfigured, WebhookRejected
+from billing.exceptions import PaymentsNotConfigured, PlanAlreadyActive, WebhookRejected
 from billing.models import Plan, StripeEvent, Subscription
 from billing.periods import add_months
 from billing.services import subscription_get_or_create
@@ -54,6 +54,8 @@ def _client() -> stripe.StripeClient:
 
 # A user whose Stripe subscription is in one of these is being billed by it (past due: Stripe is still retrying).
 _LIVE = (Subscription.Status.ACTIVE, Subscription.Status.TRIALING, Subscription.Status.PAST_DUE)
+# The Stripe statuses whose items can be changed; an incomplete or unpaid subscription is bought anew.
+_CHANGEABLE = ("active", "trialing", "past_due")
 
 
 def plan_purchase(*, user: User, plan: Plan, success_url: str, cancel_url: str) -> str | None:
@@ -66,18 +68,18 @@ def plan_purchase(*, user: User, plan: Plan, success_url: str, cancel_url: str) 
         raise PaymentsNotConfigured(f"The {plan.name} plan cannot be bought online; contact us to get it.")
     subscription = subscription_get_or_create(user=user)
     client = _client()
-    if subscription.stripe_subscription_id and subscription.status in _LIVE:
-        current = client.v1.subscriptions.retrieve(subscription.stripe_subscription_id)
-        if _STATUS.get(current["status"]) in _LIVE:
-            item = current["items"]["data"][0]
-            if item["price"]["id"] != plan.stripe_price_id:
-                client.v1.subscriptions.update(subscription.stripe_subscription_id, params={
-                    "items": [{"id": item["id"], "price": plan.stripe_price_id}],
-                    "proration_behavior": "create_prorations",
-                    "metadata": {"user_id": str(user.pk), "plan": plan.slug},
-                })
-            # Our row follows with Stripe's customer.subscription.updated event, as for every other change.
-            return None
+    current = _stripe_subscription(client, subscription) if subscription.status in _LIVE else None
+    if current is not None and current["status"] in _CHANGEABLE:
+        item = current["items"]["data"][0]
+        if item["price"]["id"] == plan.stripe_price_id:
+            raise PlanAlreadyActive(f"Your subscription is on the {plan.name} plan already.")
+        client.v1.subscriptions.update(subscription.stripe_subscription_id, params={
+            "items": [{"id": item["id"], "price": plan.stripe_price_id}],
+            "proration_behavior": "create_prorations",
+            "metadata": {"user_id": str(user.pk), "plan": plan.slug},
+        })
+        # Our row follows with Stripe's customer.subscription.updated event, as for every other change.
+        return None
     metadata = {"user_id": str(user.pk), "plan": plan.slug}
     params: dict[str, Any] = {
         "mode": "subscription",
@@ -95,6 +97,16 @@ def plan_purchase(*, user: User, plan: Plan, success_url: str, cancel_url: str) 
         params["customer_email"] = user.email
     session = client.v1.checkout.sessions.create(params=params)
     return session.url
+
+
+def _stripe_subscription(client: stripe.StripeClient, subscription: Subscription) -> Any:
+    """The user's subscription as Stripe has it now; None when there is none (never bought, or deleted there)."""
+    if not subscription.stripe_subscription_id:
+        return None
+    try:
+        return client.v1.subscriptions.retrieve(subscription.stripe_subscription_id)
+    except stripe.InvalidRequestError:
+        return None
 
 
 def stripe_event_verify(*, payload: bytes, signature: str | None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from billing.charts import daily_chart_svg
-from billing.exceptions import PaymentsNotConfigured, WebhookRejected
+from billing.exceptions import PaymentsNotConfigured, PlanAlreadyActive, WebhookRejected
 from billing.payments import payments_enabled, plan_purchase, stripe_event_apply, stripe_event_verify
 from billing.selectors import plan_get, plan_list_offered, usage_daily, usage_summary
 from billing.services import subscription_get_or_create
@@ -54,6 +54,9 @@ def checkout(request: HttpRequest, slug: str) -> HttpResponse:
                             cancel_url=plans_url)
     except PaymentsNotConfigured as exc:
         messages.error(request, exc.message)
+        return redirect("billing_plans")
+    except PlanAlreadyActive as exc:
+        messages.info(request, exc.message)
         return redirect("billing_plans")
     except stripe.StripeError:
         logger.exception("stripe checkout failed for user %s", request.user.pk)

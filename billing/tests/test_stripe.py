@@ -380,9 +380,22 @@ def test_a_paying_user_switching_plans_moves_their_subscription_instead_of_buyin
     assert Subscription.objects.get(user=user).plan.slug == "pro"
 
 
-def test_a_user_whose_stripe_subscription_ended_there_gets_a_new_checkout(plans, fake_stripe):
+def test_buying_the_plan_the_subscription_is_on_changes_nothing(plans, fake_stripe):
     user = UserFactory()
-    client = _paying_for_pro(user, stripe_status="canceled")  # the deleted event has not reached us yet
+    client = _paying_for_pro(user, stripe_status="past_due")  # a failed payment shows the plan buttons again
+
+    response = client.post(reverse("billing_checkout", args=["pro"]), follow=True)
+
+    assert [path for path, _, _ in fake_stripe] == ["GET /v1/subscriptions/sub_123"]
+    assert "Your subscription is on the Pro plan already." in response.content.decode()
+
+
+@pytest.mark.parametrize("stripe_status", ["canceled", "incomplete", "unpaid", "deleted there"])
+def test_a_user_whose_stripe_subscription_cannot_change_gets_a_new_checkout(plans, fake_stripe, stripe_status):
+    user = UserFactory()
+    client = _paying_for_pro(user, stripe_status=stripe_status)  # the event saying so has not reached us yet
+    if stripe_status == "deleted there":
+        del _FakeStripe.subscriptions["sub_123"]  # retrieving it is a 404
 
     response = client.post(reverse("billing_checkout", args=["team"]))
 
