@@ -216,10 +216,15 @@ def document_ingest(*, document_id: int) -> IngestReport:
             document = _claim(document_id)
             if document is None:
                 return IngestReport(Outcome.SKIPPED, document_id)
-            return _ingest_claimed(document)
+            report = _ingest_claimed(document)
     except QueuedAgain:
         _enqueue_ingest(document_id)
         return IngestReport(Outcome.SKIPPED, document_id)
+    if Document.objects.filter(id=document_id, status=Document.Status.QUEUED).exists():
+        # Queued again between this run's last write and the release of its lock: that request's task found the
+        # lock held and went away.
+        _enqueue_ingest(document_id)
+    return report
 
 
 def _ingest_claimed(document: Document) -> IngestReport:
@@ -490,12 +495,13 @@ def _store_batch(
 ) -> None:
     def write() -> None:
         chunks_copy(document_id=document.id, owner_id=document.owner_id, chunks=rows)
-        # Also the run's heartbeat: the stuck sweep looks at updated_at.
-        updated = Document.objects.filter(id=document.id).update(
-            progress=progress, pages=pages, chunk_count=chunks, token_count=tokens, updated_at=timezone.now()
-        )
+        # Also the run's heartbeat: the stuck sweep looks at updated_at. Only while the document is this run's:
+        # one queued again stops here, rather than being embedded (and billed) whole for a result set aside.
+        updated = Document.objects.filter(
+            id=document.id, status=Document.Status.PROCESSING, processing_started_at=document.processing_started_at,
+        ).update(progress=progress, pages=pages, chunk_count=chunks, token_count=tokens, updated_at=timezone.now())
         if not updated:
-            raise DocumentVanished
+            raise QueuedAgain if Document.objects.filter(id=document.id).exists() else DocumentVanished
 
     _guard_vanished(document, write)
 

@@ -19,6 +19,11 @@ from documents.tests import hostile_files
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
+# About 600 tokens a batch of 4 chunks, some 8,000 in all.
+BOILER_TEXT = "\n\n".join(
+    f"Paragraph {n} about the boiler: " + "the pressure gauge reads between one and two bar. " * 12 for n in range(50)
+).encode()
+
 
 @pytest.fixture(autouse=True)
 def _production_store(settings):
@@ -145,16 +150,13 @@ def test_a_document_bigger_than_the_quota_left_stops_when_the_quota_runs_out(cel
     # A batch (4 chunks here) is about 600 tokens: the first fits, the second would pass the quota.
     quota = 1000
     Plan.objects.filter(is_default=True).update(monthly_token_quota=quota)
-    paragraphs = [f"Paragraph {n} about the boiler: " + "the pressure gauge reads between one and two bar. " * 12
-                  for n in range(50)]
-
-    document = wait_for(post_file("\n\n".join(paragraphs).encode(), name="big.txt").json()["id"])
+    document = wait_for(post_file(BOILER_TEXT, name="big.txt").json()["id"])
 
     assert document.status == "failed"
     assert "quota ran out while this document was processed" in document.error
     billed = UsageRecord.objects.get(document_id=document.id, kind="embedding")
     assert 0 < billed.prompt_tokens <= quota
-    assert sum(len(p.split()) for p in paragraphs) > 4 * quota  # embedded whole, it would have cost far more
+    assert len(BOILER_TEXT.split()) > 4 * quota  # embedded whole, it would have cost far more
     # The batches stored before the quota ran out are not left in the tables and the index.
     assert not Chunk.objects.filter(document=document).exists()
     assert not LexemeCount.objects.filter(document=document).exists()
@@ -163,14 +165,12 @@ def test_a_document_bigger_than_the_quota_left_stops_when_the_quota_runs_out(cel
 def test_a_document_uploaded_again_after_the_quota_stopped_it_is_billed_for_its_new_run(celery_workers, post_file):
     catalog_ensure()
     Plan.objects.filter(is_default=True).update(monthly_token_quota=1000)
-    text = "\n\n".join(f"Paragraph {n} about the boiler: " + "the pressure gauge reads between one and two bar. " * 12
-                       for n in range(50)).encode()
-    stopped = wait_for(post_file(text, name="big.txt").json()["id"])
+    stopped = wait_for(post_file(BOILER_TEXT, name="big.txt").json()["id"])
     assert stopped.status == "failed" and stopped.attempts == 1
     first = UsageRecord.objects.get(document_id=stopped.id, kind="embedding")
 
     Plan.objects.filter(is_default=True).update(monthly_token_quota=10_000_000)  # the quota renewed or upgraded
-    again = post_file(text, name="big.txt")  # the same content: the failed document is queued again
+    again = post_file(BOILER_TEXT, name="big.txt")  # the same content: the failed document is queued again
     document = wait_for(again.json()["id"], statuses=("ready",))
 
     # The new run starts its attempts at 1 again; its spend is a new ledger row, not a duplicate of the first.
@@ -203,7 +203,7 @@ def test_a_document_queued_again_while_it_is_processed_is_processed_again(
     away, so the run used to mark the document ready with the result nobody asked for last."""
     from documents.services import ingest as module
 
-    document = wait_for(post_file(hostile_files.sample_pdf()).json()["id"])
+    document = wait_for(post_file(BOILER_TEXT, name="boiler.txt").json()["id"])
     wait_idle(document.id)
     Document.objects.filter(id=document.id).update(status="queued")
     real_check, calls = module._quota_check_batch, []
@@ -223,6 +223,9 @@ def test_a_document_queued_again_while_it_is_processed_is_processed_again(
     assert done.attempts == (3 if queue_again is _requeue else 1)
     wait_idle(document.id)
     assert_one_chunk_set(Document.objects.get(id=document.id))
+    # The run set aside stopped at its first batch (4 chunks) instead of embedding, and billing, the whole text.
+    first, set_aside, last = UsageRecord.objects.filter(document_id=document.id).order_by("id")
+    assert set_aside.prompt_tokens * 5 < last.prompt_tokens == first.prompt_tokens
 
 
 def test_running_the_task_again_for_a_ready_document_changes_nothing(celery_workers, post_file):
