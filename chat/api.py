@@ -140,6 +140,10 @@ async def _finished_answer(user: User, message_id: int) -> JsonResponse:
     if message.error_code:
         error = {"code": message.error_code, "message": message.error_message, "message_id": message.id,
                  "partial": data}
+        if message.error_retry_after is not None:  # the model provider's rate limit: a limit, with its wait
+            response = JsonResponse({"error": error | {"retry_after": message.error_retry_after}}, status=429)
+            response["Retry-After"] = str(message.error_retry_after)
+            return response
         return JsonResponse({"error": error}, status=502)
     return JsonResponse(data, status=201)
 

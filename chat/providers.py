@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import re
 import threading
@@ -102,7 +103,7 @@ class OpenAIProvider:
         self.backoff = backoff
         self.max_wait = max_wait
 
-    def _retry_delay(self, exc: Exception, attempt: int) -> float:
+    def _retry_delay(self, exc: Exception | None, attempt: int) -> float:
         asked = _retry_after(exc)
         if asked is not None:
             return min(self.max_wait, asked)
@@ -482,7 +483,10 @@ def _chunk_texts(line: bytes, completion: Completion) -> list[str]:
     if error:
         message = error.get("message") if isinstance(error, dict) else str(error)
         kind = error.get("type") if isinstance(error, dict) else None
-        raise _StreamError(message or "The model reported an error.", retryable=kind not in _REFUSALS)
+        code = error.get("code") if isinstance(error, dict) else None
+        # vLLM names its refusals BadRequestError and gives the HTTP status as the code.
+        refused = kind in _REFUSALS or (isinstance(code, int) and 400 <= code < 500 and code != 429)
+        raise _StreamError(message or "The model reported an error.", retryable=not refused)
     usage = chunk.get("usage")
     if usage:
         completion.usage = Usage(prompt_tokens=usage.get("prompt_tokens") or 0,
@@ -499,14 +503,15 @@ def _chunk_texts(line: bytes, completion: Completion) -> list[str]:
     return texts
 
 
-def _retry_after(exc: Exception) -> float | None:
+def _retry_after(exc: Exception | None) -> float | None:
     """The seconds a provider's Retry-After header asks for, if it sent one (HTTP dates are not used by them)."""
     response = getattr(exc, "response", None)
     header = response.headers.get("retry-after") if response is not None else None
     try:
-        return max(0.0, float(header)) if header is not None else None
+        seconds = float(header) if header is not None else None
     except ValueError:
         return None
+    return max(0.0, seconds) if seconds is not None and math.isfinite(seconds) else None
 
 
 def _final_error(openai, exc: Exception, retry_after: float) -> ProviderError:

@@ -34,7 +34,7 @@ def _answer_fail_before_stream(message: Message, *, code: str, text: str) -> Non
 def _answer_interrupted(message: Message) -> None:
     key = events.stream_key(message.id)
     entries = events.redis_client().xrange(key)
-    parts, seq, ended = [], 1, False
+    parts, seq, ended, retry_after = [], 1, False, None
     error = ("interrupted", "The answer was interrupted by a server restart; please ask again.")
     for entry_id, fields in entries:
         if fields[b"t"] == b"token":
@@ -42,7 +42,7 @@ def _answer_interrupted(message: Message) -> None:
             parts.append(json.loads(fields[b"e"])["text"])
         elif fields[b"t"] == b"error":  # the stream was closed but the save was lost: saved as its readers saw it
             closed = json.loads(fields[b"e"])
-            error = (closed["code"], closed["message"])
+            error, retry_after = (closed["code"], closed["message"]), closed.get("retry_after")
         ended = ended or fields[b"t"] == b"done"
     text = "".join(parts)
     reservation = reservation_load(message.reservation)
@@ -60,8 +60,10 @@ def _answer_interrupted(message: Message) -> None:
         logger.exception("could not settle interrupted answer %s", message.id)
     _answer_save(message, content=text, finish_reason=Message.FinishReason.ERROR, error=error, citations=[],
                  prompt_tokens=message.prompt_tokens if text else 0, completion_tokens=completion_tokens, cost=cost,
-                 seq=seq, emit=not ended)
+                 seq=seq, retry_after=retry_after, emit=not ended)
 
+
+_RETRY_AFTER_MAX_SECONDS = 86_400
 
 _ANSWER_FIELDS = [
     "content", "content_tokens", "status", "finish_reason", "error_code", "error_message", "error_retry_after",
@@ -93,7 +95,10 @@ def _answer_save(
     message.status = Message.Status.DONE
     message.finish_reason = finish_reason
     message.error_code, message.error_message = error or ("", "")
-    message.error_retry_after = math.ceil(retry_after) if error and retry_after is not None else None
+    message.error_retry_after = (
+        # A day at most: a provider's wait is advice to the client, and the column is an integer.
+        min(math.ceil(retry_after), _RETRY_AFTER_MAX_SECONDS) if error and retry_after is not None else None
+    )
     message.citations = citations
     message.prompt_tokens = prompt_tokens
     message.completion_tokens = completion_tokens

@@ -175,6 +175,22 @@ def test_the_model_providers_rate_limit_reaches_the_client_with_its_retry_after(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_waiting_api_ask_answers_the_providers_rate_limit_with_429_and_absurd_waits_are_capped(
+    live, llm, settings
+) -> None:
+    settings.OPENAI_MAX_RETRIES = 0
+    user = chat_user()
+    llm.enqueue(error=429, retry_after=1e12)
+
+    response = httpx.post(f"{live}/api/v1/chat/", json={"message": "How often?"}, timeout=20,
+                          headers={"Authorization": f"Bearer {api_key(user)}"})
+
+    assert response.status_code == 429 and response.headers["retry-after"] == "86400"
+    assert response.json()["error"]["code"] == "provider_rate_limited"
+    assert response.json()["error"]["retry_after"] == 86400
+
+
+@pytest.mark.django_db(transaction=True)
 def test_stream_dropped_after_the_first_token_ends_with_an_error_and_bills_the_partial_answer(live, llm) -> None:
     user = chat_user()
     conversation = conversation_create(user=user)

@@ -138,6 +138,15 @@ def test_an_error_event_of_a_failing_server_is_retried_then_reported_with_its_wo
     assert "The engine is overloaded." in failed.value.message
 
 
+def test_a_vllm_style_refusal_in_the_stream_is_not_retried() -> None:
+    line = b'data: {"error": {"object": "error", "message": "too long", "type": "BadRequestError", "code": 400}}'
+
+    with pytest.raises(_StreamError) as failed:
+        _chunk_texts(line, Completion())
+
+    assert not failed.value.retryable
+
+
 @pytest.mark.parametrize("line", [b"data: {not json", b"data: [1, 2]", b'data: "text"'])
 def test_a_chunk_that_is_not_a_json_object_is_a_stream_error_the_provider_retries(line: bytes) -> None:
     with pytest.raises(_StreamError) as failed:

@@ -14,8 +14,6 @@ from pathlib import Path
 _RECORD = struct.Struct("<4s42x")  # a central directory record: signature, then fixed fields to byte 46
 _LENGTHS = struct.Struct("<HHH")  # file name, extra field and comment lengths, at byte 28 of a record
 _RECORD_SIGNATURE = b"PK\x01\x02"
-# Between the directory and the end record of a zip64 archive: the zip64 end record and its locator.
-_ZIP64_TRAILER = zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
 
 
 def zip_member_count(path: Path, *, limit: int) -> int:
@@ -48,7 +46,8 @@ def _count(path: Path, limit: int) -> int:
         size = end[zipfile._ECD_SIZE]
         start = end[zipfile._ECD_LOCATION] - size
         if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
-            start -= _ZIP64_TRAILER
+            # Between the directory and the end record of a zip64 archive: its zip64 end record and locator.
+            start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
         if start < 0:
             return 0
         handle.seek(start)
