@@ -44,7 +44,7 @@ from documents.services.store import (
     lexeme_counts_store,
     vector_column_dimensions,
 )
-from documents.services.uploads import _enqueue_ingest
+from documents.services.uploads import document_ingest_enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -218,12 +218,12 @@ def document_ingest(*, document_id: int) -> IngestReport:
                 return IngestReport(Outcome.SKIPPED, document_id)
             report = _ingest_claimed(document)
     except QueuedAgain:
-        _enqueue_ingest(document_id)
+        document_ingest_enqueue(document_id=document_id)
         return IngestReport(Outcome.SKIPPED, document_id)
     if Document.objects.filter(id=document_id, status=Document.Status.QUEUED).exists():
         # Queued again between this run's last write and the release of its lock: that request's task found the
         # lock held and went away.
-        _enqueue_ingest(document_id)
+        document_ingest_enqueue(document_id=document_id)
     return report
 
 
@@ -549,7 +549,7 @@ def documents_requeue_stuck(*, now: datetime | None = None) -> list[int]:
                 transaction.on_commit(lambda document=document: document_push(document))
                 continue
             Document.objects.filter(id=document_id).update(status=Document.Status.QUEUED, progress=0, updated_at=now)
-            transaction.on_commit(lambda document_id=document_id: _enqueue_ingest(document_id))
+            transaction.on_commit(lambda document_id=document_id: document_ingest_enqueue(document_id=document_id))
         requeued.append(document_id)
     if requeued:
         logger.warning("re-queued %d stuck document(s): %s", len(requeued), requeued)

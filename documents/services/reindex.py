@@ -12,7 +12,7 @@ from accounts.models import User
 from documents.models import Chunk, Document
 from documents.services.ingest import IngestReport, document_ingest
 from documents.services.store import CHUNK_TABLE, HNSW_INDEX, LEXEME_TABLE, vector_column_dimensions
-from documents.services.uploads import _enqueue_ingest
+from documents.services.uploads import document_ingest_enqueue
 
 
 def _hnsw_index():
@@ -69,7 +69,9 @@ def documents_reindex(*, user: User | None = None) -> list[int]:
             Document.objects.filter(id__in=batch).update(
                 status=Document.Status.QUEUED, progress=0, attempts=0, error="", updated_at=timezone.now()
             )
-            transaction.on_commit(lambda batch=batch: [_enqueue_ingest(document_id) for document_id in batch])
+            transaction.on_commit(
+                lambda batch=batch: [document_ingest_enqueue(document_id=document_id) for document_id in batch]
+            )
     return ids
 
 

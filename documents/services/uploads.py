@@ -184,13 +184,13 @@ def document_create(*, owner: User, upload: UploadedFile, title: str | None = No
                 final_path.unlink(missing_ok=True)
                 raise
             # Pushed before the task is queued: the worker's events must not be overtaken by this one.
-            transaction.on_commit(lambda: (document_push(document), _enqueue_ingest(document.id)))
+            transaction.on_commit(lambda: (document_push(document), document_ingest_enqueue(document_id=document.id)))
     finally:
         temp_path.unlink(missing_ok=True)
     return document, True
 
 
-def _enqueue_ingest(document_id: int) -> None:
+def document_ingest_enqueue(*, document_id: int) -> None:
     from documents.tasks import ingest_document
 
     try:
@@ -210,7 +210,7 @@ def document_requeue(*, document: Document, reset_attempts: bool = False) -> Doc
     with transaction.atomic():
         Document.objects.filter(id=document.id).update(**updates)
         document.refresh_from_db()
-        transaction.on_commit(lambda: (document_push(document), _enqueue_ingest(document.id)))
+        transaction.on_commit(lambda: (document_push(document), document_ingest_enqueue(document_id=document.id)))
     return document
 
 
