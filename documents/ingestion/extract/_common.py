@@ -5,9 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from documents.ingestion.extract.normalize import normalize_text
 from documents.ingestion.types import IngestionError, Section
+
+if TYPE_CHECKING:
+    from lxml import etree
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,3 +127,14 @@ def update_heading_path(path: list[tuple[int, str]], level: int, title: str) -> 
         path.pop()
     path.append((level, title[:300]))
     return tuple(t for _, t in path)
+
+
+def release_element(element: etree._Element) -> None:
+    """Drop an ended element of a streamed (iterparse) tree, whose text has been taken, and the finished siblings
+    before it: end events arrive in document order, so only the open ancestors stay, each holding at most its
+    current child. The tail stays: it is read when the next sibling starts or the parent ends."""
+    element.clear(keep_tail=True)
+    parent = element.getparent()
+    if parent is not None:
+        while element.getprevious() is not None:
+            del parent[0]

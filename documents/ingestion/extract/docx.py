@@ -23,6 +23,7 @@ from documents.ingestion.extract._common import (
     CharBudget,
     ExtractionLimits,
     SectionBuffer,
+    release_element,
     update_heading_path,
 )
 from documents.ingestion.extract.normalize import normalize_text
@@ -270,18 +271,8 @@ def _iter_document(
         # Every ended element, skipped or not, whatever its container: what it held has been read into
         # `paragraphs`/`cells`/`rows`, and one kept element type (a deleted run, a bookmark in a
         # hyperlink) would let a 1 MB upload grow a tree of ~16x its unpacked size.
-        _release(element)
+        release_element(element)
     yield from buffer.flush()
-
-
-def _release(element: etree._Element) -> None:
-    # End events arrive in document order, so the siblings before this element are done too; only the open
-    # ancestors (body, paragraph, cell...) stay, each holding at most its current child.
-    element.clear(keep_tail=True)
-    parent = element.getparent()
-    if parent is not None:
-        while element.getprevious() is not None:
-            del parent[0]
 
 
 def extract_docx(path: Path, *, limits: ExtractionLimits, budget: CharBudget) -> Iterator[Section]:

@@ -11,6 +11,7 @@ from lxml import etree
 from documents.ingestion.extract._common import (
     CharBudget,
     ExtractionLimits,
+    release_element,
     split_oversized,
     update_heading_path,
 )
@@ -205,7 +206,7 @@ def extract_html(path: Path, *, limits: ExtractionLimits, budget: CharBudget) ->
                 # millions of elements would be kept whole until it closed (~30x the upload's size).
                 if element is skip_root:
                     skip_root = None
-                _release(element)
+                release_element(element)
             return
         if event == "start":
             # The text just before this element: the previous sibling's tail, or the parent's leading text.
@@ -252,7 +253,7 @@ def extract_html(path: Path, *, limits: ExtractionLimits, budget: CharBudget) ->
         at_block = tag in _PARAGRAPH_BLOCKS or tag in _LINE_BLOCKS
         if heading is None and sink.size >= limits.section_chars * (1 if at_block else 2):
             yield from flush()
-        _release(element)
+        release_element(element)
 
     encoding = html_encoding(path, head)
     with open_text(path, encoding) as stream:
@@ -272,11 +273,3 @@ def extract_html(path: Path, *, limits: ExtractionLimits, budget: CharBudget) ->
     yield from flush()
 
 
-def _release(element: etree._Element) -> None:
-    # Its text has been taken; drop its subtree and the finished siblings before it. The tail stays:
-    # it is read when the next sibling starts or the parent ends.
-    element.clear(keep_tail=True)
-    parent = element.getparent()
-    if parent is not None:
-        while element.getprevious() is not None:
-            del parent[0]
