@@ -138,11 +138,15 @@ def sse_events(source: httpx.Response | Iterator[str], *, stop_after: int | None
     return events
 
 
-def kill_event_readers(redis_client) -> int:
-    """Drops the connections blocked in an XREAD on this run's Redis database (the web process' event hub), as
-    a Redis restart or a network blip would."""
+def _event_readers(redis_client) -> list[dict[str, Any]]:
+    """The connections blocked in an XREAD on this run's Redis database: the web process' event hub."""
     database = redis_client.connection_pool.connection_kwargs.get("db", 0)
-    readers = [c for c in redis_client.client_list() if c["cmd"] == "xread" and int(c["db"]) == database]
+    return [c for c in redis_client.client_list() if c["cmd"] == "xread" and int(c["db"]) == database]
+
+
+def kill_event_readers(redis_client) -> int:
+    """Drops the event hub's connections, as a Redis restart or a network blip would."""
+    readers = _event_readers(redis_client)
     for reader in readers:
         redis_client.client_kill_filter(_id=reader["id"])
     return len(readers)
@@ -150,7 +154,6 @@ def kill_event_readers(redis_client) -> int:
 
 def wait_for_event_reader(redis_client) -> None:
     deadline = time.monotonic() + 5
-    database = redis_client.connection_pool.connection_kwargs.get("db", 0)
-    while not any(c["cmd"] == "xread" and int(c["db"]) == database for c in redis_client.client_list()):
+    while not _event_readers(redis_client):
         assert time.monotonic() < deadline, "no reader waits in an XREAD"
         time.sleep(0.02)

@@ -28,6 +28,13 @@ PLOTTING = [
 ]
 
 
+def _answered(live: str, key: str) -> Message:
+    """The finished answer to a question asked over the API (without SSE: the request waits for it)."""
+    response = httpx.post(f"{live}/api/v1/chat/", json={"message": "What does gnuplot draw?"},
+                          headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    return Message.objects.get(id=response.json()["id"])
+
+
 def pieces(text: str) -> list[str]:
     head, *rest = text.split(" ")
     return [head, *(" " + word for word in rest)]
@@ -180,9 +187,7 @@ def test_a_client_that_has_seen_done_is_told_at_once_that_nothing_follows(live, 
     user = chat_user()
     key = api_key(user)
     llm.configure(text=ANSWER, token_ms=2)
-    response = httpx.post(f"{live}/api/v1/chat/", json={"message": "What does gnuplot draw?"},
-                          headers={"Authorization": f"Bearer {key}"}, timeout=10)
-    message = Message.objects.get(id=response.json()["id"])
+    message = _answered(live, key)
     url = f"{live}/api/v1/chat/messages/{message.id}/stream"
     auth = {"Authorization": f"Bearer {key}"}
 
@@ -223,9 +228,7 @@ def test_stream_of_an_expired_answer_is_rebuilt_from_the_saved_message(live, llm
     key = api_key(user)
     document_with_chunks(owner=user, title="Gnuplot manual", texts=PLOTTING)
     llm.configure(text=ANSWER)
-    response = httpx.post(f"{live}/api/v1/chat/", json={"message": "What does gnuplot draw?"},
-                          headers={"Authorization": f"Bearer {key}"}, timeout=10)
-    message = Message.objects.get(id=response.json()["id"])
+    message = _answered(live, key)
     redis_client.delete(events.stream_key(message.id))  # as if the TTL had passed
 
     with httpx.stream("GET", f"{live}/api/v1/chat/messages/{message.id}/stream?after=0",
@@ -340,9 +343,7 @@ def test_a_resume_point_past_any_event_id_is_refused_on_both_transports(live, ll
     user = chat_user()
     key = api_key(user)
     llm.configure(text=ANSWER, token_ms=2)
-    response = httpx.post(f"{live}/api/v1/chat/", json={"message": "What does gnuplot draw?"},
-                          headers={"Authorization": f"Bearer {key}"}, timeout=10)
-    message = Message.objects.get(id=response.json()["id"])
+    message = _answered(live, key)
     url = f"{live}/api/v1/chat/messages/{message.id}/stream"
     past = events.MAX_SEQ + 1
 
