@@ -190,14 +190,11 @@ def _finish(document: Document, *, status: str, error: str = "") -> None:
             # What the run stored before it failed: search never reads a failed document's chunks, but they would
             # hold their space in the tables and the vector index, uncounted, until the document was deleted.
             chunks_delete(document_id=document.id)
-        Document.objects.filter(id=document.id).update(
-            status=status,
-            error=error,
-            updated_at=timezone.now(),
-            **({"progress": 0} if status == Document.Status.QUEUED else {}),
-        )
-    document.refresh_from_db()
-    document_push(document)
+        current.status, current.error = status, error
+        if status == Document.Status.QUEUED:
+            current.progress = 0
+        current.save(update_fields=["status", "error", "progress", "updated_at"])
+    document_push(current)
 
 
 def document_ingest(*, document_id: int) -> IngestReport:
